@@ -1,0 +1,23 @@
+module sse-dashboard
+
+go 1.26.0
+
+require (
+	github.com/gofiber/adaptor/v2 v2.2.1
+	github.com/gofiber/fiber/v2 v2.52.15
+	// Fiber pins v1.51.0, whose net/http adaptor buffers the whole response, so a stream
+	// never arrives; v1.66.0 streams, and v1.72.0 fixed a writer leak and a Write race there.
+	github.com/valyala/fasthttp v1.78.0 // indirect
+)
+
+require (
+	github.com/google/uuid v1.6.0 // indirect
+	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/mattn/go-colorable v0.1.13 // indirect
+	github.com/mattn/go-isatty v0.0.20 // indirect
+	github.com/mattn/go-runewidth v0.0.16 // indirect
+	github.com/molecule-man/go-brrr v1.3.1 // indirect
+	github.com/rivo/uniseg v0.2.0 // indirect
+	github.com/valyala/bytebufferpool v1.0.0 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+)

@@ -1,0 +1,296 @@
+// Command sse-dashboard serves a live dashboard over Server-Sent Events: a Fiber app that
+// mounts a plain net/http SSE handler through the adaptor, one long-lived stream per client.
+package main
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"expvar"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gofiber/adaptor/v2"
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/recover"
+)
+
+// Server-wide timeouts. They bound reading a request and waiting on an idle keep-alive
+// connection; neither applies while a response streams, so they never cut a healthy stream.
+const (
+	readTimeout = 10 * time.Second
+	idleTimeout = 60 * time.Second
+)
+
+//go:embed web/index.html web/app.js web/style.css
+var webFiles embed.FS
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// After the first signal, a second one gets the default action: exit at once.
+		<-ctx.Done()
+		stop()
+	}()
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sse-dashboard:", err)
+		os.Exit(1)
+	}
+}
+
+// run parses the configuration, serves until ctx is cancelled, then shuts down within the
+// shutdown timeout. Tests call it in-process; the "listening" log line tells them the address.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if cfg.verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: level}))
+
+	app, streams := newApp(cfg, logger)
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
+	}
+	logger.Info("listening", "addr", ln.Addr().String(), "interval", cfg.stream.Interval,
+		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
+		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
+		"write_timeout", cfg.stream.WriteTimeout, "shutdown_timeout", cfg.shutdownTimeout)
+
+	served := make(chan error, 1)
+	go func() { served <- app.Listener(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve on %s: %w", cfg.addr, err)
+	case <-ctx.Done():
+	}
+
+	start := time.Now()
+	logger.Info("shutting down", "open_streams", streams.Clients())
+	if err := app.ShutdownWithTimeout(cfg.shutdownTimeout); err != nil {
+		return fmt.Errorf("shutdown after %s with %d streams open: %w", cfg.shutdownTimeout, streams.Clients(), err)
+	}
+	if err := <-served; err != nil {
+		return fmt.Errorf("serve on %s: %w", cfg.addr, err)
+	}
+	logger.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// newApp builds the Fiber app with every route, and returns the SSE handler so that
+// callers can read how many streams are open.
+func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
+	app := fiber.New(fiber.Config{
+		DisableStartupMessage: true,
+		ReadTimeout:           readTimeout,
+		IdleTimeout:           idleTimeout,
+		ErrorHandler:          handleError(logger),
+	})
+	app.Use(recover.New())
+
+	streams := handleSSE(cfg.stream, logger, cfg.verbose)
+	page := handlePage()
+
+	app.Get("/", page)
+	app.Get("/app.js", page)
+	app.Get("/style.css", page)
+	app.Get("/sse", adaptor.HTTPHandler(recoverStream(streams, logger)))
+	app.Options("/sse", handlePreflight)
+	app.Get("/healthz", handleHealth(streams))
+	app.Get("/debug/vars", adaptor.HTTPHandler(expvar.Handler()))
+	return app, streams
+}
+
+// handlePreflight answers a CORS preflight for /sse from any origin. EventSource sends none,
+// but fetch-based SSE clients that set Last-Event-ID do.
+func handlePreflight(c *fiber.Ctx) error {
+	c.Set("Access-Control-Allow-Origin", "*")
+	c.Set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+	c.Set("Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control, Content-Type, Accept")
+	c.Set("Access-Control-Max-Age", "86400")
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// health is the body of /healthz.
+type health struct {
+	Status  string `json:"status"`
+	Clients int64  `json:"clients"`
+}
+
+// handleHealth reports that the server answers and how many streams it holds.
+func handleHealth(streams *sseHandler) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		c.Set("Cache-Control", "no-store")
+		return c.JSON(health{Status: "ok", Clients: streams.Clients()})
+	}
+}
+
+// pageHeaders let the page run only its own script and style, while ?src= may still
+// point its EventSource at another origin.
+var pageHeaders = map[string]string{
+	"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+		"connect-src 'self' http: https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+	"X-Content-Type-Options": "nosniff",
+	"Referrer-Policy":        "no-referrer",
+	"Cache-Control":          "no-cache",
+}
+
+// handlePage serves the embedded page and its assets, so the binary runs from any directory.
+func handlePage() fiber.Handler {
+	files := make(map[string][]byte)
+	entries, _ := webFiles.ReadDir("web")
+	for _, entry := range entries {
+		files["/"+entry.Name()], _ = webFiles.ReadFile("web/" + entry.Name())
+	}
+	files["/"] = files["/index.html"]
+	return func(c *fiber.Ctx) error {
+		body, ok := files[c.Path()]
+		if !ok {
+			return fiber.ErrNotFound
+		}
+		for key, value := range pageHeaders {
+			c.Set(key, value)
+		}
+		c.Type(path.Ext(c.Path()), "utf-8")
+		if c.Path() == "/" {
+			c.Type("html", "utf-8")
+		}
+		return c.Send(body)
+	}
+}
+
+// handleError answers every failed request with its status and a one-line plain-text
+// reason, and logs server errors.
+func handleError(logger *slog.Logger) fiber.ErrorHandler {
+	return func(c *fiber.Ctx, err error) error {
+		code := fiber.StatusInternalServerError
+		var fe *fiber.Error
+		if errors.As(err, &fe) {
+			code = fe.Code
+		}
+		if code >= fiber.StatusInternalServerError {
+			logger.Error("request failed", "method", c.Method(), "path", c.Path(), "status", code, "error", err)
+		}
+		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
+		return c.Status(code).SendString(fmt.Sprintf("%d %s\n", code, strings.ToLower(http.StatusText(code))))
+	}
+}
+
+// config is everything the command line and the environment can set.
+type config struct {
+	addr            string
+	shutdownTimeout time.Duration
+	verbose         bool
+	stream          streamConfig
+}
+
+// parseConfig reads flags from args, each with an environment fallback (ADDR, INTERVAL,
+// MAX_CLIENTS, ...; PORT=8080 means -addr :8080), and refuses values that cannot work.
+// -h prints every flag to stdout and returns flag.ErrHelp.
+func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (config, error) {
+	cfg := config{addr: ":3000"}
+	if port := getenv("PORT"); port != "" {
+		cfg.addr = ":" + port
+	}
+	fs := flag.NewFlagSet("sse-dashboard", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.addr, "addr", cfg.addr, "address to listen on")
+	fs.DurationVar(&cfg.stream.Interval, "interval", time.Second, "how often each stream gets an event")
+	fs.DurationVar(&cfg.stream.Keepalive, "keepalive", 15*time.Second, "longest silence before a keepalive comment; also how soon a vanished client is noticed")
+	fs.DurationVar(&cfg.stream.Retry, "retry", 3*time.Second, "reconnect delay sent to clients")
+	fs.DurationVar(&cfg.stream.MaxLifetime, "max-lifetime", 0, "end streams older than this, so clients reconnect with Last-Event-ID (0 = never)")
+	fs.DurationVar(&cfg.stream.WriteTimeout, "write-timeout", 10*time.Second, "deadline for each write; a client that stops reading is dropped")
+	fs.IntVar(&cfg.stream.Buffer, "buffer", 10, "events each client's channel holds")
+	fs.IntVar(&cfg.stream.MaxClients, "max-clients", 10000, "open streams allowed at once; more get 503")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long shutdown may take")
+	fs.BoolVar(&cfg.verbose, "v", false, "log every event")
+
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		if value := getenv(name); value != "" && envErr == nil {
+			if err := f.Value.Set(value); err != nil {
+				envErr = fmt.Errorf("invalid %s=%q (for -%s): %w", name, value, f.Name, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return cfg, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, stdout)
+			return cfg, err
+		}
+		return cfg, fmt.Errorf("%w (run with -h for every flag)", err)
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q (run with -h for every flag)", fs.Arg(0))
+	}
+	return cfg, cfg.validate()
+}
+
+// envName is the environment variable that sets a flag: -max-clients reads MAX_CLIENTS.
+func envName(flagName string) string {
+	if flagName == "v" {
+		return "VERBOSE"
+	}
+	return strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// validate refuses settings the server cannot run with, naming the flag.
+func (cfg config) validate() error {
+	positive := []struct {
+		flag  string
+		value time.Duration
+	}{
+		{"interval", cfg.stream.Interval},
+		{"keepalive", cfg.stream.Keepalive},
+		{"write-timeout", cfg.stream.WriteTimeout},
+		{"shutdown-timeout", cfg.shutdownTimeout},
+	}
+	for _, p := range positive {
+		if p.value <= 0 {
+			return fmt.Errorf("invalid -%s %s: must be more than 0", p.flag, p.value)
+		}
+	}
+	switch {
+	case cfg.stream.Retry < time.Millisecond:
+		return fmt.Errorf("invalid -retry %s: must be at least 1ms", cfg.stream.Retry)
+	case cfg.stream.MaxLifetime < 0:
+		return fmt.Errorf("invalid -max-lifetime %s: must be 0 (never) or more", cfg.stream.MaxLifetime)
+	case cfg.stream.Buffer < 1:
+		return fmt.Errorf("invalid -buffer %d: must be at least 1", cfg.stream.Buffer)
+	case cfg.stream.MaxClients < 1:
+		return fmt.Errorf("invalid -max-clients %d: must be at least 1", cfg.stream.MaxClients)
+	case cfg.addr == "":
+		return errors.New("invalid -addr: must not be empty")
+	}
+	return nil
+}
+
+// printUsage prints every flag with its environment variable and default.
+func printUsage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprintln(w, "Usage: sse-dashboard [flags]\n\nServes a live dashboard at / and its event stream at /sse.\n\nFlags (each also read from the environment variable shown):")
+	fs.VisitAll(func(f *flag.Flag) {
+		fmt.Fprintf(w, "  -%s (%s, default %q)\n    \t%s\n", f.Name, envName(f.Name), f.DefValue, f.Usage)
+	})
+}

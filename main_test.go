@@ -1,0 +1,427 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"reflect"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gofiber/adaptor/v2"
+)
+
+// testServer is the whole service started by run on a free loopback port.
+type testServer struct {
+	url    string
+	logs   *logBuffer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startServer runs the service in-process on 127.0.0.1:0 with args (the environment is
+// empty), waits until it listens, and stops it when the test ends.
+func startServer(t *testing.T, args ...string) *testServer {
+	t.Helper()
+	logs := newLogBuffer()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := &testServer{logs: logs, cancel: cancel, done: make(chan error, 1)}
+	args = append([]string{"-addr", "127.0.0.1:0"}, args...)
+	go func() { srv.done <- run(ctx, args, func(string) string { return "" }, logs) }()
+
+	addr := logs.waitFor(t, regexp.MustCompile(`msg=listening addr=(\S+)`), 5*time.Second)
+	srv.url = "http://" + addr
+	t.Cleanup(func() {
+		if err := srv.stop(t, 10*time.Second); err != nil {
+			t.Errorf("run returned %v, want nil", err)
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", logs.String())
+		}
+	})
+	return srv
+}
+
+// stop cancels run's context and returns what run returned, at most once.
+func (s *testServer) stop(t *testing.T, within time.Duration) error {
+	t.Helper()
+	s.cancel()
+	select {
+	case err, ok := <-s.done:
+		if !ok {
+			return nil
+		}
+		close(s.done)
+		return err
+	case <-time.After(within):
+		t.Fatalf("run did not return within %s of cancellation", within)
+		return nil
+	}
+}
+
+// get fetches path and returns the response with its body read.
+func (s *testServer) get(t *testing.T, method, path string, header http.Header) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.url+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, path, err)
+	}
+	return resp, string(body)
+}
+
+// healthClients returns the open-stream count that /healthz reports.
+func (s *testServer) healthClients(t *testing.T) int64 {
+	t.Helper()
+	resp, body := s.get(t, http.MethodGet, "/healthz", nil)
+	var h health
+	if err := json.Unmarshal([]byte(body), &h); err != nil || resp.StatusCode != http.StatusOK || h.Status != "ok" {
+		t.Fatalf("GET /healthz = %d %q (%v), want 200 with status ok", resp.StatusCode, body, err)
+	}
+	return h.Clients
+}
+
+// logBuffer collects the server's log output so tests can wait for and count lines.
+type logBuffer struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	written chan struct{}
+}
+
+func newLogBuffer() *logBuffer {
+	return &logBuffer{written: make(chan struct{}, 1)}
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case l.written <- struct{}{}:
+	default:
+	}
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// count returns how many log lines contain substr.
+func (l *logBuffer) count(substr string) int {
+	return strings.Count(l.String(), substr)
+}
+
+// waitFor waits until a log line matches re and returns its first submatch.
+func (l *logBuffer) waitFor(t *testing.T, re *regexp.Regexp, within time.Duration) string {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		if m := re.FindStringSubmatch(l.String()); m != nil {
+			return m[len(m)-1]
+		}
+		select {
+		case <-l.written:
+		case <-deadline.C:
+			t.Fatalf("no log line matched %s within %s; log:\n%s", re, within, l.String())
+		}
+	}
+}
+
+// eventually polls cond every 10ms until it holds, failing the test after within.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true within %s", what, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// goroutinesIn counts the running goroutines that are inside fn, such as produce: the
+// direct proof that a client's goroutines have ended.
+func goroutinesIn(fn any) int {
+	frame := []byte(runtime.FuncForPC(reflect.ValueOf(fn).Pointer()).Name() + "(")
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for g := range bytes.SplitSeq(buf, []byte("\n\n")) {
+		if bytes.Contains(g, frame) {
+			count++
+		}
+	}
+	return count
+}
+
+func TestConfig_RefusesBadValues(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"zero interval", []string{"-interval", "0"}, nil, "-interval"},
+		{"negative keepalive", []string{"-keepalive", "-1s"}, nil, "-keepalive"},
+		{"zero buffer", []string{"-buffer", "0"}, nil, "-buffer"},
+		{"zero retry", []string{"-retry", "0s"}, nil, "-retry"},
+		{"negative max lifetime", []string{"-max-lifetime", "-1s"}, nil, "-max-lifetime"},
+		{"zero max clients", []string{"-max-clients", "0"}, nil, "-max-clients"},
+		{"zero write timeout", []string{"-write-timeout", "0s"}, nil, "-write-timeout"},
+		{"zero shutdown timeout", []string{"-shutdown-timeout", "0s"}, nil, "-shutdown-timeout"},
+		{"not a duration", []string{"-interval", "fast"}, nil, "-interval"},
+		{"unknown flag", []string{"-nope"}, nil, "-nope"},
+		{"stray argument", []string{"extra"}, nil, `"extra"`},
+		{"bad env", nil, map[string]string{"INTERVAL": "0"}, "-interval"},
+		{"unparsable env", nil, map[string]string{"MAX_CLIENTS": "many"}, "MAX_CLIENTS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := func(k string) string { return tt.env[k] }
+			_, err := parseConfig(tt.args, getenv, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("parseConfig(%q, %v) = %v, want an error naming %s", tt.args, tt.env, err, tt.want)
+			}
+			// run refuses it too, before it listens.
+			if err := run(context.Background(), tt.args, getenv, io.Discard); err == nil {
+				t.Fatalf("run(%q) = nil, want an error", tt.args)
+			}
+		})
+	}
+}
+
+func TestConfig_EnvironmentFallbacks(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want func(config) bool
+	}{
+		{"defaults", nil, nil, func(c config) bool {
+			return c.addr == ":3000" && c.stream.Interval == time.Second && c.stream.Keepalive == 15*time.Second &&
+				c.stream.Retry == 3*time.Second && c.stream.MaxClients == 10000 && c.stream.MaxLifetime == 0
+		}},
+		{"PORT", nil, map[string]string{"PORT": "8080"}, func(c config) bool { return c.addr == ":8080" }},
+		{"ADDR wins over PORT", nil, map[string]string{"PORT": "8080", "ADDR": "127.0.0.1:9"}, func(c config) bool { return c.addr == "127.0.0.1:9" }},
+		{"flag wins over env", []string{"-interval", "2s"}, map[string]string{"INTERVAL": "5s"}, func(c config) bool { return c.stream.Interval == 2*time.Second }},
+		{"env with dashes", nil, map[string]string{"MAX_CLIENTS": "7", "MAX_LIFETIME": "1m"}, func(c config) bool {
+			return c.stream.MaxClients == 7 && c.stream.MaxLifetime == time.Minute
+		}},
+		{"VERBOSE", nil, map[string]string{"VERBOSE": "true"}, func(c config) bool { return c.verbose }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseConfig(tt.args, func(k string) string { return tt.env[k] }, io.Discard)
+			if err != nil || !tt.want(cfg) {
+				t.Fatalf("parseConfig(%q, %v) = %+v, %v", tt.args, tt.env, cfg, err)
+			}
+		})
+	}
+}
+
+func TestConfig_HelpListsEveryFlag(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"-h"}, func(string) string { return "" }, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("run -h = %v, want flag.ErrHelp", err)
+	}
+	for _, want := range []string{"-addr", `":3000"`, "-interval", "-keepalive", "-retry", "-max-lifetime",
+		"-write-timeout", "-buffer", "-max-clients", "-shutdown-timeout", "-v ", "MAX_CLIENTS"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("-h output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestRun_RefusesBusyAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	err = run(context.Background(), []string{"-addr", ln.Addr().String()}, func(string) string { return "" }, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "listen on "+ln.Addr().String()) {
+		t.Fatalf("run on a busy address = %v, want a listen error naming it", err)
+	}
+}
+
+func TestRoutes_StatusCodes(t *testing.T) {
+	srv := startServer(t)
+	tests := []struct {
+		method, path string
+		header       http.Header
+		want         int
+	}{
+		{http.MethodGet, "/", nil, http.StatusOK},
+		{http.MethodGet, "/app.js", nil, http.StatusOK},
+		{http.MethodGet, "/style.css", nil, http.StatusOK},
+		{http.MethodGet, "/healthz", nil, http.StatusOK},
+		{http.MethodGet, "/debug/vars", nil, http.StatusOK},
+		{http.MethodOptions, "/sse", nil, http.StatusNoContent},
+		{http.MethodPost, "/sse", nil, http.StatusMethodNotAllowed},
+		{http.MethodDelete, "/healthz", nil, http.StatusMethodNotAllowed},
+		{http.MethodGet, "/nope", nil, http.StatusNotFound},
+		{http.MethodGet, "/sse", http.Header{"Accept": {"application/json"}}, http.StatusNotAcceptable},
+	}
+	for _, tt := range tests {
+		resp, body := srv.get(t, tt.method, tt.path, tt.header)
+		if resp.StatusCode != tt.want {
+			t.Errorf("%s %s = %d %q, want %d", tt.method, tt.path, resp.StatusCode, body, tt.want)
+		}
+		if resp.StatusCode >= 400 && strings.Count(strings.TrimSpace(body), "\n") != 0 {
+			t.Errorf("%s %s body = %q, want a one-line reason", tt.method, tt.path, body)
+		}
+	}
+	if got := srv.healthClients(t); got != 0 {
+		t.Errorf("clients after plain requests = %d, want 0", got)
+	}
+}
+
+func TestRoutes_PageIsEmbeddedWithStrictHeaders(t *testing.T) {
+	srv := startServer(t)
+	resp, body := srv.get(t, http.MethodGet, "/", nil)
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
+		t.Errorf("GET / Content-Type = %q, want text/html", ct)
+	}
+	if !strings.Contains(body, `src="/app.js"`) {
+		t.Errorf("GET / does not load /app.js:\n%s", body)
+	}
+	csp := resp.Header.Get("Content-Security-Policy")
+	for _, want := range []string{"script-src 'self'", "style-src 'self'", "connect-src"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("Content-Security-Policy = %q, want it to contain %q", csp, want)
+		}
+	}
+	if strings.Contains(csp, "unsafe") {
+		t.Errorf("Content-Security-Policy = %q allows unsafe sources", csp)
+	}
+	if got := resp.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+		t.Errorf("X-Content-Type-Options = %q, want nosniff", got)
+	}
+	resp, _ = srv.get(t, http.MethodGet, "/app.js", nil)
+	if ct := resp.Header.Get("Content-Type"); !strings.Contains(ct, "javascript") {
+		t.Errorf("GET /app.js Content-Type = %q, want javascript", ct)
+	}
+}
+
+func TestRoutes_HealthAndCounters(t *testing.T) {
+	srv := startServer(t, "-interval", "5ms")
+	stream := openStream(t, srv.url, nil)
+	stream.next(t) // the opening
+	for range 3 {
+		stream.next(t)
+	}
+	if got := srv.healthClients(t); got != 1 {
+		t.Errorf("/healthz clients with one stream open = %d, want 1", got)
+	}
+	_, body := srv.get(t, http.MethodGet, "/debug/vars", nil)
+	var vars map[string]any
+	if err := json.Unmarshal([]byte(body), &vars); err != nil {
+		t.Fatalf("/debug/vars is not JSON: %v", err)
+	}
+	for _, name := range []string{"clients", "clients_total", "events_sent", "keepalives_sent", "rejected", "goroutines"} {
+		if _, ok := vars[name]; !ok {
+			t.Errorf("/debug/vars lacks %q", name)
+		}
+	}
+	if n, _ := vars["events_sent"].(float64); n < 3 {
+		t.Errorf("events_sent = %v after 3 events, want at least 3", vars["events_sent"])
+	}
+}
+
+func TestRoutes_PanicAnswers500AndServerKeepsServing(t *testing.T) {
+	logs := newLogBuffer()
+	logger := slog.New(slog.NewTextHandler(logs, nil))
+	cfg, err := parseConfig(nil, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, _ := newApp(cfg, logger)
+	app.Get("/boom", adaptor.HTTPHandler(recoverStream(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		panic("boom")
+	}), logger)))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go app.Listener(ln)
+	t.Cleanup(func() { app.ShutdownWithTimeout(5 * time.Second) })
+	srv := &testServer{url: "http://" + ln.Addr().String(), logs: logs}
+
+	resp, body := srv.get(t, http.MethodGet, "/boom", nil)
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("GET /boom = %d %q, want 500", resp.StatusCode, body)
+	}
+	if !strings.Contains(logs.String(), "panic=boom") || !strings.Contains(logs.String(), "goroutine") {
+		t.Errorf("log lacks the panic with its stack:\n%s", logs.String())
+	}
+	if got := srv.healthClients(t); got != 0 {
+		t.Errorf("/healthz after a panic: clients = %d, want 0", got)
+	}
+}
+
+func TestShutdown_EndsOpenStreamsPromptly(t *testing.T) {
+	srv := startServer(t, "-interval", "1h", "-keepalive", "1h")
+	streams := make([]*sseStream, 5)
+	for i := range streams {
+		streams[i] = openStream(t, srv.url, nil)
+		streams[i].next(t)
+	}
+	start := time.Now()
+	if err := srv.stop(t, 5*time.Second); err != nil {
+		t.Fatalf("run = %v, want nil", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("shutdown with 5 open streams took %s, want under 2s", took)
+	}
+	for i, s := range streams {
+		if err := s.readToEnd(); err != nil {
+			t.Errorf("stream %d ended with %v, want a clean end", i, err)
+		}
+	}
+	if got := srv.logs.count(`reason="server shutdown"`); got != 5 {
+		t.Errorf("%d streams logged a shutdown end, want 5", got)
+	}
+	if n := goroutinesIn(produce); n != 0 {
+		t.Errorf("%d producers still running after shutdown, want 0", n)
+	}
+}
+
+// ExampleDashBoard_AppendJSON shows the data of one event.
+func ExampleDashBoard_AppendJSON() {
+	fmt.Println(string((&DashBoard{User: 42}).AppendJSON(nil)))
+	// Output: {"User":42}
+}
