@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 GO ?= go
 
-.PHONY: help run build test lint bench soak
+.PHONY: help run build test lint fuzz soak
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -13,8 +13,16 @@ run: ## serve the dashboard at http://localhost:3000
 build: ## build ./sse-dashboard
 	$(GO) build -o sse-dashboard .
 
-test: lint ## vet, then every test with the race detector
+test: lint ## vet, every test with the race detector, then a short fuzz run
 	$(GO) test -race -count=1 ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+fuzz: ## fuzz the frame writer and the Last-Event-ID parser (FUZZTIME=1m)
+	$(GO) test -run '^$$' -fuzz '^FuzzAppendEvent$$' -fuzztime $(or $(FUZZTIME),1m) .
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLastEventID$$' -fuzztime $(or $(FUZZTIME),1m) .
+
+soak: ## the long fault scenarios, with a table of what they left behind
+	$(GO) test -count=1 -run '^TestFault_' -timeout 20m . -args -soak -test.v | grep -Ev '^(=== RUN|    --- PASS)'
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }

@@ -25,13 +25,6 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/recover"
 )
 
-// Server-wide timeouts. They bound reading a request and waiting on an idle keep-alive
-// connection; neither applies while a response streams, so they never cut a healthy stream.
-const (
-	readTimeout = 10 * time.Second
-	idleTimeout = 60 * time.Second
-)
-
 //go:embed web/index.html web/app.js web/style.css
 var webFiles embed.FS
 
@@ -70,10 +63,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
 	}
+	if cfg.sendBuffer > 0 {
+		ln = sendBufferListener{Listener: ln, size: cfg.sendBuffer}
+	}
 	logger.Info("listening", "addr", ln.Addr().String(), "interval", cfg.stream.Interval,
 		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
 		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
-		"write_timeout", cfg.stream.WriteTimeout, "shutdown_timeout", cfg.shutdownTimeout)
+		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
+		"idle_timeout", cfg.idleTimeout, "shutdown_timeout", cfg.shutdownTimeout)
 
 	served := make(chan error, 1)
 	go func() { served <- app.Listener(ln) }()
@@ -100,11 +97,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
 	app := fiber.New(fiber.Config{
 		DisableStartupMessage: true,
-		ReadTimeout:           readTimeout,
-		IdleTimeout:           idleTimeout,
+		ReadTimeout:           cfg.readTimeout,
+		IdleTimeout:           cfg.idleTimeout,
 		ErrorHandler:          handleError(logger),
 	})
-	app.Use(recover.New())
+	app.Use(recover.New(), rejectAmbiguousPaths)
 
 	streams := handleSSE(cfg.stream, logger, cfg.verbose)
 	page := handlePage()
@@ -117,6 +114,41 @@ func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
 	app.Get("/healthz", handleHealth(streams))
 	app.Get("/debug/vars", adaptor.HTTPHandler(expvar.Handler()))
 	return app, streams
+}
+
+// rejectAmbiguousPaths answers 400 to a path with dot segments, encoded slashes, dots or
+// backslashes. Only scanners send them, and serving what they normalise to would hide
+// what was asked for.
+func rejectAmbiguousPaths(c *fiber.Ctx) error {
+	path, _, _ := strings.Cut(string(c.Request().Header.RequestURI()), "?")
+	lower := strings.ToLower(path)
+	if strings.Contains(path+"/", "/../") || strings.Contains(path+"/", "/./") || strings.ContainsRune(path, '\\') ||
+		strings.Contains(lower, "%2f") || strings.Contains(lower, "%2e") || strings.Contains(lower, "%5c") {
+		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
+		return c.Status(fiber.StatusBadRequest).SendString("400 bad request: path has dot segments or encoded separators\n")
+	}
+	return c.Next()
+}
+
+// sendBufferListener caps the kernel send buffer of every accepted connection. Linux grows
+// it up to 4 MiB otherwise, so a client that stops reading would pin that much memory and,
+// at one small event a second, take a day to fill it before the write deadline could bite.
+type sendBufferListener struct {
+	net.Listener
+	size int
+}
+
+// Accept accepts the next connection and sets its send buffer size.
+func (l sendBufferListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if tcp, ok := conn.(*net.TCPConn); ok {
+		// A failure leaves the kernel's default, which costs memory but breaks nothing.
+		_ = tcp.SetWriteBuffer(l.size)
+	}
+	return conn, nil
 }
 
 // handlePreflight answers a CORS preflight for /sse from any origin. EventSource sends none,
@@ -197,6 +229,9 @@ func handleError(logger *slog.Logger) fiber.ErrorHandler {
 // config is everything the command line and the environment can set.
 type config struct {
 	addr            string
+	sendBuffer      int           // bytes of kernel send buffer per connection; 0 = kernel default
+	readTimeout     time.Duration // longest time to read a request
+	idleTimeout     time.Duration // longest wait for the next request on a keep-alive connection
 	shutdownTimeout time.Duration
 	verbose         bool
 	stream          streamConfig
@@ -220,6 +255,9 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.DurationVar(&cfg.stream.WriteTimeout, "write-timeout", 10*time.Second, "deadline for each write; a client that stops reading is dropped")
 	fs.IntVar(&cfg.stream.Buffer, "buffer", 10, "events each client's channel holds")
 	fs.IntVar(&cfg.stream.MaxClients, "max-clients", 10000, "open streams allowed at once; more get 503")
+	fs.IntVar(&cfg.sendBuffer, "send-buffer", 64<<10, "kernel send buffer per connection in bytes, so a stalled reader holds bounded memory (0 = kernel default)")
+	fs.DurationVar(&cfg.readTimeout, "read-timeout", 10*time.Second, "longest time to read a request; closes slow or stuck senders, never a stream")
+	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 60*time.Second, "longest wait for the next request on a keep-alive connection")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long shutdown may take")
 	fs.BoolVar(&cfg.verbose, "v", false, "log every event")
 
@@ -265,6 +303,8 @@ func (cfg config) validate() error {
 		{"interval", cfg.stream.Interval},
 		{"keepalive", cfg.stream.Keepalive},
 		{"write-timeout", cfg.stream.WriteTimeout},
+		{"read-timeout", cfg.readTimeout},
+		{"idle-timeout", cfg.idleTimeout},
 		{"shutdown-timeout", cfg.shutdownTimeout},
 	}
 	for _, p := range positive {
@@ -279,6 +319,8 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -max-lifetime %s: must be 0 (never) or more", cfg.stream.MaxLifetime)
 	case cfg.stream.Buffer < 1:
 		return fmt.Errorf("invalid -buffer %d: must be at least 1", cfg.stream.Buffer)
+	case cfg.sendBuffer < 0:
+		return fmt.Errorf("invalid -send-buffer %d: must be 0 (kernel default) or more", cfg.sendBuffer)
 	case cfg.stream.MaxClients < 1:
 		return fmt.Errorf("invalid -max-clients %d: must be at least 1", cfg.stream.MaxClients)
 	case cfg.addr == "":

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"reflect"
 	"regexp"
 	"runtime"
@@ -21,6 +23,58 @@ import (
 
 	"github.com/gofiber/adaptor/v2"
 )
+
+// helperEnv marks a re-executed test binary that runs main instead of the tests.
+const helperEnv = "SSE_DASHBOARD_MAIN"
+
+// TestMain runs the real command when the test binary is re-executed by startProcess, so
+// that signals and exit codes can be tested; otherwise it runs the tests, then prints the
+// soak table when -soak asked for one.
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		main()
+		os.Exit(0)
+	}
+	code := m.Run()
+	printSoakTable(os.Stdout)
+	os.Exit(code)
+}
+
+// serverProcess is the command running in a process of its own.
+type serverProcess struct {
+	cmd    *exec.Cmd
+	url    string
+	logs   *logBuffer
+	exited chan struct{}
+}
+
+// startProcess starts the command with args (after -addr 127.0.0.1:0) in a new process
+// with an empty environment, waits until it listens, and kills it if the test leaves it running.
+func startProcess(t *testing.T, args ...string) *serverProcess {
+	t.Helper()
+	logs := newLogBuffer()
+	cmd := exec.Command(os.Args[0], append([]string{"-addr", "127.0.0.1:0"}, args...)...)
+	cmd.Env = []string{helperEnv + "=1"}
+	cmd.Stdout = logs
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start the server process: %v", err)
+	}
+	p := &serverProcess{cmd: cmd, logs: logs, exited: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.exited
+		if t.Failed() {
+			t.Logf("server process log:\n%s", logs.String())
+		}
+	})
+	p.url = "http://" + logs.waitFor(t, regexp.MustCompile(`msg=listening addr=(\S+)`), 10*time.Second)
+	return p
+}
 
 // testServer is the whole service started by run on a free loopback port.
 type testServer struct {
@@ -362,14 +416,15 @@ func TestRoutes_HealthAndCounters(t *testing.T) {
 	}
 }
 
-func TestRoutes_PanicAnswers500AndServerKeepsServing(t *testing.T) {
+func TestRoutes_PanicAnswers500AndStreamsContinue(t *testing.T) {
 	logs := newLogBuffer()
 	logger := slog.New(slog.NewTextHandler(logs, nil))
-	cfg, err := parseConfig(nil, func(string) string { return "" }, io.Discard)
+	cfg, err := parseConfig([]string{"-interval", "10ms"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	app, _ := newApp(cfg, logger)
+	// The seam: a route on the same handler path as /sse (adaptor and recoverStream) that panics.
 	app.Get("/boom", adaptor.HTTPHandler(recoverStream(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 		panic("boom")
 	}), logger)))
@@ -380,16 +435,20 @@ func TestRoutes_PanicAnswers500AndServerKeepsServing(t *testing.T) {
 	go app.Listener(ln)
 	t.Cleanup(func() { app.ShutdownWithTimeout(5 * time.Second) })
 	srv := &testServer{url: "http://" + ln.Addr().String(), logs: logs}
+	canary := openCanaries(t, srv.url, 2)
 
-	resp, body := srv.get(t, http.MethodGet, "/boom", nil)
-	if resp.StatusCode != http.StatusInternalServerError {
-		t.Errorf("GET /boom = %d %q, want 500", resp.StatusCode, body)
+	for range 3 {
+		resp, body := srv.get(t, http.MethodGet, "/boom", nil)
+		if resp.StatusCode != http.StatusInternalServerError {
+			t.Errorf("GET /boom = %d %q, want 500", resp.StatusCode, body)
+		}
 	}
-	if !strings.Contains(logs.String(), "panic=boom") || !strings.Contains(logs.String(), "goroutine") {
+	if !strings.Contains(logs.String(), "panic=boom") || !strings.Contains(logs.String(), "TestRoutes_PanicAnswers500AndStreamsContinue") {
 		t.Errorf("log lacks the panic with its stack:\n%s", logs.String())
 	}
-	if got := srv.healthClients(t); got != 0 {
-		t.Errorf("/healthz after a panic: clients = %d, want 0", got)
+	canary.check(time.Second)
+	if got := srv.healthClients(t); got != 2 {
+		t.Errorf("/healthz after a panic: clients = %d, want the 2 canaries", got)
 	}
 }
 

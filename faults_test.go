@@ -1,0 +1,522 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"text/tabwriter"
+	"time"
+)
+
+var soak = flag.Bool("soak", false, "run the long versions of the fault scenarios and print their table")
+
+// scale returns short in an ordinary test run and long under -soak.
+func scale(short, long int) int {
+	if *soak {
+		return long
+	}
+	return short
+}
+
+// soakRow is one line of the table that -soak prints: a scenario and what it left behind.
+type soakRow struct {
+	scenario    string
+	clients     int
+	duration    time.Duration
+	leaks       string
+	canaryGaps  int
+	canaryCount int
+}
+
+var (
+	soakMu   sync.Mutex
+	soakRows []soakRow
+)
+
+// record adds a scenario's outcome to the soak table.
+func record(row soakRow) {
+	soakMu.Lock()
+	defer soakMu.Unlock()
+	soakRows = append(soakRows, row)
+}
+
+// printSoakTable prints the table of every scenario that ran, under -soak only.
+func printSoakTable(w io.Writer) {
+	if !*soak || len(soakRows) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "scenario\tclients\tduration\tleaks\tcanary gaps")
+	for _, r := range soakRows {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d in %d streams\n", r.scenario, r.clients, r.duration.Round(100*time.Millisecond), r.leaks, r.canaryGaps, r.canaryCount)
+	}
+	tw.Flush()
+}
+
+// canaries are healthy streams read in the background while a scenario runs; each must
+// receive every event, in order, without a long wait.
+type canaries struct {
+	t       *testing.T
+	mu      sync.Mutex
+	lastIDs []uint64
+	gaps    int
+	maxWait time.Duration
+	wg      sync.WaitGroup
+	streams []*sseStream
+}
+
+// openCanaries opens n streams on srv and reads them until the test ends.
+func openCanaries(t *testing.T, baseURL string, n int) *canaries {
+	t.Helper()
+	c := &canaries{t: t, lastIDs: make([]uint64, n)}
+	for i := range n {
+		s := openStream(t, baseURL, nil)
+		s.next(t)
+		c.streams = append(c.streams, s)
+		c.wg.Add(1)
+		go c.read(i, s)
+	}
+	t.Cleanup(func() {
+		for _, s := range c.streams {
+			s.close()
+		}
+		c.wg.Wait()
+	})
+	return c
+}
+
+// read follows one canary, counting every id that does not follow the one before.
+func (c *canaries) read(i int, s *sseStream) {
+	defer c.wg.Done()
+	last := time.Now()
+	for {
+		line, err := s.reader.ReadString('\n')
+		if err != nil {
+			return
+		}
+		idText, ok := strings.CutPrefix(line, "id: ")
+		if !ok {
+			continue
+		}
+		id, _ := strconv.ParseUint(strings.TrimSpace(idText), 10, 64)
+		c.mu.Lock()
+		if id != c.lastIDs[i]+1 {
+			c.gaps++
+		}
+		c.lastIDs[i] = id
+		c.maxWait = max(c.maxWait, time.Since(last))
+		c.mu.Unlock()
+		last = time.Now()
+	}
+}
+
+// check asserts that every canary is still receiving, with no gap and no wait over maxWait.
+func (c *canaries) check(maxWait time.Duration) int {
+	c.t.Helper()
+	c.mu.Lock()
+	before := append([]uint64(nil), c.lastIDs...)
+	c.mu.Unlock()
+	eventually(c.t, 5*time.Second, "every canary receives more events", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i := range before {
+			if c.lastIDs[i] <= before[i] {
+				return false
+			}
+		}
+		return true
+	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gaps != 0 {
+		c.t.Errorf("canaries saw %d gaps in their ids, want 0", c.gaps)
+	}
+	if c.maxWait > maxWait {
+		c.t.Errorf("a canary waited %s for an event, want at most %s", c.maxWait, maxWait)
+	}
+	return c.gaps
+}
+
+// streamGoroutines counts the goroutines that belong to open streams: handlers and producers.
+func streamGoroutines() int {
+	return goroutinesIn(produce) + goroutinesIn((*sseHandler).ServeHTTP)
+}
+
+// expectBaseline waits until the server holds only the canaries' streams and goroutines
+// again, and returns what is left over as text for the soak table.
+func expectBaseline(t *testing.T, srv *testServer, canaries int) string {
+	t.Helper()
+	want := 2 * canaries
+	ok := true
+	deadline := time.Now().Add(15 * time.Second)
+	for streamGoroutines() != want || srv.healthClients(t) != int64(canaries) {
+		if time.Now().After(deadline) {
+			ok = false
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !ok {
+		t.Errorf("%d stream goroutines and %d open streams remain, want %d and %d",
+			streamGoroutines(), srv.healthClients(t), want, canaries)
+		return fmt.Sprintf("%d goroutines", streamGoroutines()-want)
+	}
+	return "none"
+}
+
+// dialRaw opens a plain TCP connection to the server, for requests no HTTP client would send.
+func dialRaw(t *testing.T, baseURL string) *net.TCPConn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(baseURL, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	return conn.(*net.TCPConn)
+}
+
+func TestFault_ChurnLeavesNothingBehind(t *testing.T) {
+	srv := startServer(t, "-interval", "10ms")
+	canary := openCanaries(t, srv.url, 3)
+	cycles := scale(600, 10000)
+	const workers = 20
+	start := time.Now()
+	rssBefore := rssKB(t)
+
+	var wg sync.WaitGroup
+	jobs := make(chan int)
+	for range workers {
+		wg.Go(func() {
+			for i := range jobs {
+				churnOnce(t, srv.url, i%3)
+			}
+		})
+	}
+	for i := range cycles {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+
+	leaks := expectBaseline(t, srv, 3)
+	gaps := canary.check(2 * time.Second)
+	if total := srv.logs.count("client connected"); total < cycles {
+		t.Errorf("the server saw %d connections, want at least %d", total, cycles)
+	}
+	if *soak {
+		if grown := rssKB(t) - rssBefore; grown > 64<<10 {
+			t.Errorf("RSS grew by %d KB over %d cycles, want under 64 MB", grown, cycles)
+		}
+	}
+	record(soakRow{"churn: close, half-read, RST", cycles, time.Since(start), leaks, gaps, 3})
+}
+
+// churnOnce opens a stream and leaves in one of three ways: closing before reading,
+// closing after reading part of the stream, or resetting the connection.
+func churnOnce(t *testing.T, baseURL string, how int) {
+	conn := dialRaw(t, baseURL)
+	if _, err := io.WriteString(conn, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Errorf("write request: %v", err)
+	}
+	switch how {
+	case 0:
+	case 1:
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 300)
+		io.ReadAtLeast(conn, buf, 200)
+	case 2:
+		conn.SetLinger(0)
+	}
+	conn.Close()
+}
+
+// rssKB returns this process's resident memory.
+func rssKB(t *testing.T) int {
+	t.Helper()
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skipf("no /proc/self/status: %v", err)
+	}
+	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(status)
+	kb, _ := strconv.Atoi(string(m[1]))
+	return kb
+}
+
+func TestFault_StalledReadersAreDropped(t *testing.T) {
+	srv := startServer(t, "-interval", "1ms", "-send-buffer", "16384", "-write-timeout", "1s")
+	canary := openCanaries(t, srv.url, 3)
+	stalled := scale(20, 200)
+	start := time.Now()
+	for range stalled {
+		// A small receive buffer on the client too, so that the stall shows within seconds.
+		dialer := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) {
+				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			})
+		}}
+		conn, err := dialer.Dial("tcp", strings.TrimPrefix(srv.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		if _, err := io.WriteString(conn, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, "every stalled reader is dropped", func() bool {
+		return srv.logs.count(`reason="client gone"`) >= stalled
+	})
+	took := time.Since(start)
+	leaks := expectBaseline(t, srv, 3)
+	gaps := canary.check(500 * time.Millisecond)
+	t.Logf("%d stalled readers dropped in %s", stalled, took)
+	record(soakRow{"stalled readers (1ms events, 16 KiB send buffer)", stalled, took, leaks, gaps, 3})
+}
+
+func TestFault_SlowlorisAndIdleConnectionsAreClosed(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	srv := startServer(t, "-interval", "20ms", "-read-timeout", timeout.String(), "-idle-timeout", timeout.String())
+	canary := openCanaries(t, srv.url, 2)
+	start := time.Now()
+	n := scale(10, 100)
+
+	var wg sync.WaitGroup
+	closedAfter := make(chan time.Duration, 2*n)
+	for range n {
+		// A request header trickled byte by byte.
+		trickle := dialRaw(t, srv.url)
+		wg.Go(func() {
+			defer trickle.Close()
+			opened := time.Now()
+			header := "GET /sse HTTP/1.1\r\nHost: x\r\nX-Slow: " + strings.Repeat("a", 1000)
+			for i := range len(header) {
+				if _, err := trickle.Write([]byte{header[i]}); err != nil {
+					break
+				}
+				if !readClosed(trickle, 100*time.Millisecond) {
+					continue
+				}
+				break
+			}
+			closedAfter <- time.Since(opened)
+		})
+		// A keep-alive connection left idle after one request.
+		idle := dialRaw(t, srv.url)
+		wg.Go(func() {
+			defer idle.Close()
+			opened := time.Now()
+			io.WriteString(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(idle), nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Errorf("GET /healthz on a raw connection: %v", err)
+			}
+			for !readClosed(idle, 100*time.Millisecond) {
+				if time.Since(opened) > 10*time.Second {
+					break
+				}
+			}
+			closedAfter <- time.Since(opened)
+		})
+	}
+	wg.Wait()
+	close(closedAfter)
+	for d := range closedAfter {
+		if d > 4*timeout {
+			t.Errorf("a slow or idle connection stayed open %s, want it closed within about %s", d, timeout)
+		}
+	}
+	// The canaries have lived past both timeouts many times over.
+	if time.Since(start) < 2*timeout {
+		time.Sleep(2*timeout - time.Since(start))
+	}
+	gaps := canary.check(500 * time.Millisecond)
+	leaks := expectBaseline(t, srv, 2)
+	record(soakRow{"slowloris and idle keep-alive", 2 * n, time.Since(start), leaks, gaps, 2})
+}
+
+// readClosed reports whether the server closed conn, waiting up to wait for it.
+func readClosed(conn net.Conn, wait time.Duration) bool {
+	conn.SetReadDeadline(time.Now().Add(wait))
+	_, err := conn.Read(make([]byte, 512))
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return false
+	}
+	return err != nil
+}
+
+func TestFault_BadRequestsGetClearErrors(t *testing.T) {
+	srv := startServer(t, "-interval", "20ms")
+	canary := openCanaries(t, srv.url, 2)
+	start := time.Now()
+	tests := []struct {
+		name    string
+		request string
+		want    int
+	}{
+		{"garbage request line", "\x00\x01GARBAGE\r\n\r\n", http.StatusBadRequest},
+		{"no HTTP version", "GET /sse\r\n\r\n", http.StatusBadRequest},
+		{"oversized header block", "GET /sse HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 16<<10) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
+		{"huge Last-Event-ID", "GET /sse HTTP/1.1\r\nHost: x\r\nLast-Event-ID: " + strings.Repeat("9", 16<<10) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
+		{"POST /sse", "POST /sse HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", http.StatusMethodNotAllowed},
+		{"PUT /sse", "PUT /sse HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", http.StatusMethodNotAllowed},
+		{"DELETE /sse", "DELETE /sse HTTP/1.1\r\nHost: x\r\n\r\n", http.StatusMethodNotAllowed},
+		{"dot segments", "GET /../sse HTTP/1.1\r\nHost: x\r\n\r\n", http.StatusBadRequest},
+		{"dot segments inside", "GET /web/../sse HTTP/1.1\r\nHost: x\r\n\r\n", http.StatusBadRequest},
+		{"encoded dots", "GET /%2e%2e/sse HTTP/1.1\r\nHost: x\r\n\r\n", http.StatusBadRequest},
+		{"encoded slash", "GET /sse%2Fx HTTP/1.1\r\nHost: x\r\n\r\n", http.StatusBadRequest},
+		{"backslash", "GET /..\\sse HTTP/1.1\r\nHost: x\r\n\r\n", http.StatusBadRequest},
+		{"JSON wanted", "GET /sse HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n", http.StatusNotAcceptable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn := dialRaw(t, srv.url)
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(conn, tt.request); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("no HTTP answer: %v", err)
+			}
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
+			if resp.StatusCode != tt.want {
+				t.Errorf("status = %d %q, want %d", resp.StatusCode, body, tt.want)
+			}
+			if len(bytes.TrimSpace(body)) == 0 || bytes.Count(bytes.TrimSpace(body), []byte("\n")) != 0 {
+				t.Errorf("body = %q, want a one-line reason", body)
+			}
+		})
+	}
+	gaps := canary.check(500 * time.Millisecond)
+	leaks := expectBaseline(t, srv, 2)
+	record(soakRow{"bad requests", len(tests), time.Since(start), leaks, gaps, 2})
+}
+
+func TestFault_OverloadServesExactlyMaxClients(t *testing.T) {
+	const maxClients = 20
+	srv := startServer(t, "-max-clients", strconv.Itoa(maxClients), "-interval", "50ms")
+	start := time.Now()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		statuses = map[int]int{}
+		conns    []net.Conn
+	)
+	ready := make(chan struct{})
+	for range 2 * maxClients {
+		wg.Go(func() {
+			conn := dialRaw(t, srv.url)
+			<-ready
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(conn, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			mu.Lock()
+			defer mu.Unlock()
+			conns = append(conns, conn)
+			if err != nil {
+				t.Errorf("no HTTP answer: %v", err)
+				return
+			}
+			statuses[resp.StatusCode]++
+			if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") == "" {
+				t.Errorf("503 without Retry-After")
+			}
+		})
+	}
+	close(ready)
+	wg.Wait()
+	if statuses[http.StatusOK] != maxClients || statuses[http.StatusServiceUnavailable] != maxClients {
+		t.Errorf("statuses = %v, want %d × 200 and %d × 503", statuses, maxClients, maxClients)
+	}
+	if got := srv.healthClients(t); got != maxClients {
+		t.Errorf("open streams = %d, want %d", got, maxClients)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	leaks := expectBaseline(t, srv, 0)
+	record(soakRow{"overload: 2 × max clients at once", 2 * maxClients, time.Since(start), leaks, 0, 0})
+}
+
+func TestFault_SigtermEndsEveryStreamCleanly(t *testing.T) {
+	streams := scale(200, 1000)
+	proc := startProcess(t, "-interval", "100ms", "-max-clients", strconv.Itoa(streams))
+	conns := make([]net.Conn, streams)
+	readers := make([]*bufio.Reader, streams)
+	for i := range conns {
+		conns[i] = dialRaw(t, proc.url)
+		defer conns[i].Close()
+		io.WriteString(conns[i], "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+		readers[i] = bufio.NewReader(conns[i])
+		conns[i].SetReadDeadline(time.Now().Add(20 * time.Second))
+		if resp, err := http.ReadResponse(readers[i], nil); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+	}
+	start := time.Now()
+	proc.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-proc.exited:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the process did not exit within -shutdown-timeout (5s) of SIGTERM")
+	}
+	took := time.Since(start)
+	if code := proc.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit code = %d after SIGTERM, want 0", code)
+	}
+	var wg sync.WaitGroup
+	unclean := make(chan int, streams)
+	for i, r := range readers {
+		wg.Go(func() {
+			// A chunked body ends cleanly with its last, empty chunk.
+			rest, _ := io.ReadAll(r)
+			if !bytes.HasSuffix(rest, []byte("\r\n0\r\n\r\n")) {
+				unclean <- i
+			}
+		})
+	}
+	wg.Wait()
+	close(unclean)
+	if n := len(unclean); n > 0 {
+		t.Errorf("%d of %d streams were cut instead of ending cleanly", n, streams)
+	}
+	t.Logf("SIGTERM with %d open streams: exited in %s", streams, took)
+	record(soakRow{"SIGTERM with open streams", streams, took, "none", 0, 0})
+}
+
+func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
+	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096", "-write-timeout", "1m", "-shutdown-timeout", "1m")
+	// A reader that never reads keeps shutdown waiting on its write.
+	stalled := dialRaw(t, proc.url)
+	defer stalled.Close()
+	stalled.SetReadBuffer(4096)
+	io.WriteString(stalled, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(2 * time.Second)
+
+	proc.cmd.Process.Signal(syscall.SIGTERM)
+	proc.logs.waitFor(t, regexp.MustCompile(`msg="(shutting down)"`), 5*time.Second)
+	select {
+	case <-proc.exited:
+		t.Fatal("the process exited on the first signal, so this test proves nothing: want it waiting on the stalled stream")
+	case <-time.After(500 * time.Millisecond):
+	}
+	start := time.Now()
+	proc.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-proc.exited:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the process did not exit within 2s of a second signal")
+	}
+	t.Logf("second signal: exited in %s (%s)", time.Since(start), proc.cmd.ProcessState)
+}
