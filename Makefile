@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 GO ?= go
 
-.PHONY: help run build test lint fuzz soak
+.PHONY: help run build test lint fuzz soak bench
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -14,6 +14,7 @@ build: ## build ./sse-dashboard
 	$(GO) build -o sse-dashboard .
 
 test: lint ## vet, every test with the race detector, then a short fuzz run
+	@test -n "$$CHROME_PATH" || command -v chromium >/dev/null || echo "*** chromium not found: the browser tests will be SKIPPED (apt-get install chromium) ***"
 	$(GO) test -race -count=1 ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
@@ -22,8 +23,12 @@ fuzz: ## fuzz the frame writer and the Last-Event-ID parser (FUZZTIME=1m)
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLastEventID$$' -fuzztime $(or $(FUZZTIME),1m) .
 
 soak: ## the long fault scenarios, with a table of what they left behind
-	$(GO) test -count=1 -run '^TestFault_' -timeout 20m . -args -soak -test.v | grep -Ev '^(=== RUN|    --- PASS)'
+	$(GO) test -count=1 -timeout 20m -run '^TestFault_' -v . -soak | grep -Ev '^(=== RUN|--- PASS|    --- PASS)'
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
+
+bench: ## three servers side by side, thousands of streams (a few minutes), then the frame writer
+	$(GO) test -count=1 -timeout 15m -run '^$$' -bench '^BenchmarkStreams$$' -benchtime 1x .
+	$(GO) test -count=1 -run '^$$' -bench '^BenchmarkWriteEvent$$' -benchmem .

@@ -35,6 +35,13 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
+	if kind := os.Getenv(benchServerEnv); kind != "" {
+		if err := serveComparison(kind, os.Args[1:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	code := m.Run()
 	printSoakTable(os.Stdout)
 	os.Exit(code)
@@ -50,11 +57,17 @@ type serverProcess struct {
 
 // startProcess starts the command with args (after -addr 127.0.0.1:0) in a new process
 // with an empty environment, waits until it listens, and kills it if the test leaves it running.
-func startProcess(t *testing.T, args ...string) *serverProcess {
+func startProcess(t testing.TB, args ...string) *serverProcess {
+	t.Helper()
+	return startProcessAs(t, helperEnv+"=1", args...)
+}
+
+// startProcessAs is startProcess with env choosing what the process serves.
+func startProcessAs(t testing.TB, env string, args ...string) *serverProcess {
 	t.Helper()
 	logs := newLogBuffer()
 	cmd := exec.Command(os.Args[0], append([]string{"-addr", "127.0.0.1:0"}, args...)...)
-	cmd.Env = []string{helperEnv + "=1"}
+	cmd.Env = []string{env}
 	cmd.Stdout = logs
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
@@ -191,7 +204,7 @@ func (l *logBuffer) count(substr string) int {
 }
 
 // waitFor waits until a log line matches re and returns its first submatch.
-func (l *logBuffer) waitFor(t *testing.T, re *regexp.Regexp, within time.Duration) string {
+func (l *logBuffer) waitFor(t testing.TB, re *regexp.Regexp, within time.Duration) string {
 	t.Helper()
 	deadline := time.NewTimer(within)
 	defer deadline.Stop()
@@ -208,7 +221,7 @@ func (l *logBuffer) waitFor(t *testing.T, re *regexp.Regexp, within time.Duratio
 }
 
 // eventually polls cond every 10ms until it holds, failing the test after within.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
