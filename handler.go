@@ -169,9 +169,16 @@ func (h *sseHandler) serve(s *stream, client *Client, shutdown <-chan struct{}) 
 				return endClientGone, err
 			}
 		case <-s.keepalive.C:
+			// Writes do not reset the timer, which would cost a timer-heap update per
+			// event; a timer that fires early is set again for the rest of the silence.
+			if silent := time.Since(s.lastWrite); silent < h.cfg.Keepalive {
+				s.keepalive.Reset(h.cfg.Keepalive - silent)
+				continue
+			}
 			if err := s.write(keepaliveFrame); err != nil {
 				return endClientGone, err
 			}
+			s.keepalive.Reset(h.cfg.Keepalive)
 			keepalivesSent.Add(1)
 		case <-lifetime:
 			return endMaxLifetime, nil
@@ -182,12 +189,13 @@ func (h *sseHandler) serve(s *stream, client *Client, shutdown <-chan struct{}) 
 }
 
 // stream is the writing side of one client's connection: reused buffers, the next id,
-// and the keepalive timer that every write pushes back.
+// and when it last wrote, which the keepalive timer checks.
 type stream struct {
 	w         http.ResponseWriter
 	rc        *http.ResponseController
 	cfg       *streamConfig
 	keepalive *time.Timer
+	lastWrite time.Time
 	debug     *slog.Logger // logs every event; nil unless verbose
 	name      string
 	buf       []byte // frames waiting for the next write
@@ -223,21 +231,18 @@ func (s *stream) flushEvents() error {
 	return nil
 }
 
-// write sends p to the client and flushes it, within the write timeout, and pushes the
-// next keepalive back. A client that stopped reading makes it fail once the deadline passes.
+// write sends p to the client and flushes it, within the write timeout. A client that
+// stopped reading makes it fail once the deadline passes.
 func (s *stream) write(p []byte) error {
-	err := s.rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	s.lastWrite = time.Now()
+	err := s.rc.SetWriteDeadline(s.lastWrite.Add(s.cfg.WriteTimeout))
 	if err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return err
 	}
 	if _, err := s.w.Write(p); err != nil {
 		return err
 	}
-	if err := s.rc.Flush(); err != nil {
-		return err
-	}
-	s.keepalive.Reset(s.cfg.Keepalive)
-	return nil
+	return s.rc.Flush()
 }
 
 // appendEvent appends one SSE event with the given id and data to dst. Every line break in

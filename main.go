@@ -100,6 +100,11 @@ func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
 		ReadTimeout:           cfg.readTimeout,
 		IdleTimeout:           cfg.idleTimeout,
 		ErrorHandler:          handleError(logger),
+		// A stream only writes, and its events are small: let go of the 4 KB read buffer
+		// once the request is read, and keep a small write buffer (make bench: -7.7 KB RSS
+		// per stream).
+		ReduceMemoryUsage: true,
+		WriteBufferSize:   1024,
 	})
 	app.Use(recover.New(), rejectAmbiguousPaths)
 

@@ -16,6 +16,7 @@ import (
 	"reflect"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -32,7 +33,7 @@ const helperEnv = "SSE_DASHBOARD_MAIN"
 // soak table when -soak asked for one.
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) == "1" {
-		main()
+		runMainProfiled(os.Getenv("CPUPROFILE"))
 		os.Exit(0)
 	}
 	if kind := os.Getenv(benchServerEnv); kind != "" {
@@ -45,6 +46,23 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	printSoakTable(os.Stdout)
 	os.Exit(code)
+}
+
+// runMainProfiled runs main, writing a CPU profile of it to path unless path is empty:
+// that is how the profile in the README was made (CPUPROFILE=file make bench).
+func runMainProfiled(path string) {
+	if path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err == nil {
+			defer pprof.StopCPUProfile()
+		}
+	}
+	main()
 }
 
 // serverProcess is the command running in a process of its own.
@@ -67,7 +85,7 @@ func startProcessAs(t testing.TB, env string, args ...string) *serverProcess {
 	t.Helper()
 	logs := newLogBuffer()
 	cmd := exec.Command(os.Args[0], append([]string{"-addr", "127.0.0.1:0"}, args...)...)
-	cmd.Env = []string{env}
+	cmd.Env = []string{env, "CPUPROFILE=" + os.Getenv("CPUPROFILE")}
 	cmd.Stdout = logs
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
