@@ -353,7 +353,7 @@ func (c *benchClients) open(b testing.TB, n int) {
 					continue
 				}
 				tcp := conn.(*net.TCPConn)
-				io.WriteString(tcp, "GET /sse HTTP/1.1\r\nHost: bench\r\n\r\n")
+				io.WriteString(tcp, streamRequest)
 				r := bufio.NewReaderSize(tcp, 512)
 				resp, err := http.ReadResponse(r, nil)
 				if err != nil || resp.StatusCode != http.StatusOK {

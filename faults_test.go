@@ -175,6 +175,9 @@ func expectBaseline(t *testing.T, srv *testServer, canaries int) string {
 	return "none"
 }
 
+// streamRequest is a bare request for the stream, written on raw connections.
+const streamRequest = "GET /sse HTTP/1.1\r\nHost: sse-dashboard\r\n\r\n"
+
 // dialRaw opens a plain TCP connection to the server, for requests no HTTP client would send.
 func dialRaw(t *testing.T, baseURL string) *net.TCPConn {
 	t.Helper()
@@ -225,7 +228,7 @@ func TestFault_ChurnLeavesNothingBehind(t *testing.T) {
 // closing after reading part of the stream, or resetting the connection.
 func churnOnce(t *testing.T, baseURL string, how int) {
 	conn := dialRaw(t, baseURL)
-	if _, err := io.WriteString(conn, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(conn, streamRequest); err != nil {
 		t.Errorf("write request: %v", err)
 	}
 	switch how {
@@ -269,7 +272,7 @@ func TestFault_StalledReadersAreDropped(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { conn.Close() })
-		if _, err := io.WriteString(conn, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		if _, err := io.WriteString(conn, streamRequest); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -419,7 +422,7 @@ func TestFault_OverloadServesExactlyMaxClients(t *testing.T) {
 			conn := dialRaw(t, srv.url)
 			<-ready
 			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			io.WriteString(conn, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+			io.WriteString(conn, streamRequest)
 			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 			mu.Lock()
 			defer mu.Unlock()
@@ -457,7 +460,7 @@ func TestFault_SigtermEndsEveryStreamCleanly(t *testing.T) {
 	for i := range conns {
 		conns[i] = dialRaw(t, proc.url)
 		defer conns[i].Close()
-		io.WriteString(conns[i], "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+		io.WriteString(conns[i], streamRequest)
 		readers[i] = bufio.NewReader(conns[i])
 		conns[i].SetReadDeadline(time.Now().Add(20 * time.Second))
 		if resp, err := http.ReadResponse(readers[i], nil); err != nil || resp.StatusCode != http.StatusOK {
@@ -501,7 +504,7 @@ func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
 	stalled := dialRaw(t, proc.url)
 	defer stalled.Close()
 	stalled.SetReadBuffer(4096)
-	io.WriteString(stalled, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+	io.WriteString(stalled, streamRequest)
 	time.Sleep(2 * time.Second)
 
 	proc.cmd.Process.Signal(syscall.SIGTERM)
