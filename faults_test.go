@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +18,8 @@ import (
 	"testing"
 	"text/tabwriter"
 	"time"
+
+	"github.com/gofiber/adaptor/v2"
 )
 
 var soak = flag.Bool("soak", false, "run the long versions of the fault scenarios and print their table")
@@ -521,5 +524,81 @@ func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("the process did not exit within 2s of a second signal")
 	}
-	t.Logf("second signal: exited in %s (%s)", time.Since(start), proc.cmd.ProcessState)
+	took := time.Since(start)
+	if code := proc.cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(proc.logs.String(), "second signal") {
+		t.Errorf("exit code %d, want 1 with a line that says why", code)
+	}
+	t.Logf("second signal: exited in %s", took)
+	record(soakRow{"second signal during shutdown", 1, took, "none", 0, 0})
+}
+
+func TestFault_StalledReaderDoesNotHoldShutdown(t *testing.T) {
+	// The default timeouts: a write may wait 10s, shutdown only 5s.
+	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096")
+	canary := make([]net.Conn, 3)
+	for i := range canary {
+		canary[i] = dialRaw(t, proc.url)
+		defer canary[i].Close()
+		io.WriteString(canary[i], streamRequest)
+		go io.Copy(io.Discard, canary[i])
+	}
+	stalled := dialRaw(t, proc.url)
+	defer stalled.Close()
+	stalled.SetReadBuffer(4096)
+	io.WriteString(stalled, streamRequest)
+	time.Sleep(2 * time.Second) // long enough to fill both socket buffers at 1ms events
+
+	start := time.Now()
+	proc.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-proc.exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a stalled reader held shutdown past -shutdown-timeout (5s)")
+	}
+	took := time.Since(start)
+	if code := proc.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit code = %d with a stalled reader, want 0", code)
+	}
+	if got := proc.logs.count(`reason="server shutdown"`); got != len(canary) {
+		t.Errorf("%d streams ended with the shutdown, want the %d healthy ones", got, len(canary))
+	}
+	t.Logf("SIGTERM with a stalled reader: exited in %s", took)
+	record(soakRow{"SIGTERM with a stalled reader", 4, took, "none", 0, 0})
+}
+
+func TestFault_PanicAnswers500AndStreamsContinue(t *testing.T) {
+	logs := newLogBuffer()
+	logger := slog.New(slog.NewTextHandler(logs, nil))
+	cfg, err := parseConfig([]string{"-interval", "10ms"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, _ := newApp(cfg, logger)
+	// The seam: a route on the same handler path as /sse (adaptor and recoverStream) that panics.
+	app.Get("/boom", adaptor.HTTPHandler(recoverStream(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		panic("boom")
+	}), logger)))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go app.Listener(ln)
+	t.Cleanup(func() { app.ShutdownWithTimeout(5 * time.Second) })
+	srv := &testServer{url: "http://" + ln.Addr().String(), logs: logs}
+	canary := openCanaries(t, srv.url, 2)
+
+	for range 3 {
+		resp, body := srv.get(t, http.MethodGet, "/boom", nil)
+		if resp.StatusCode != http.StatusInternalServerError {
+			t.Errorf("GET /boom = %d %q, want 500", resp.StatusCode, body)
+		}
+	}
+	if !strings.Contains(logs.String(), "panic=boom") || !strings.Contains(logs.String(), "TestFault_PanicAnswers500AndStreamsContinue") {
+		t.Errorf("log lacks the panic with its stack:\n%s", logs.String())
+	}
+	gaps := canary.check(time.Second)
+	if got := srv.healthClients(t); got != 2 {
+		t.Errorf("/healthz after a panic: clients = %d, want the 2 canaries", got)
+	}
+	record(soakRow{"panic in a handler", 3, 0, "none", gaps, 2})
 }

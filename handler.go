@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -52,6 +53,9 @@ type sseHandler struct {
 	verbose bool
 	open    atomic.Int64
 	opening []byte // the first bytes of every stream: the retry delay and a comment
+
+	mu      sync.Mutex
+	writers map[*http.ResponseController]struct{} // every open stream's, for BoundWrites
 }
 
 // handleSSE returns the SSE handler for cfg. With verbose, every event is logged at debug level.
@@ -59,7 +63,19 @@ func handleSSE(cfg streamConfig, logger *slog.Logger, verbose bool) *sseHandler 
 	opening := []byte("retry: ")
 	opening = strconv.AppendInt(opening, cfg.Retry.Milliseconds(), 10)
 	opening = append(opening, "\n: stream opened\n\n"...)
-	return &sseHandler{cfg: cfg, logger: logger, verbose: verbose, opening: opening}
+	return &sseHandler{cfg: cfg, logger: logger, verbose: verbose, opening: opening,
+		writers: make(map[*http.ResponseController]struct{})}
+}
+
+// BoundWrites moves the write deadline of every open stream to deadline at the latest, so
+// that at shutdown a client that stopped reading cannot hold a stream open for a whole
+// write timeout. A stream that writes again sets its own deadline anew.
+func (h *sseHandler) BoundWrites(deadline time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for rc := range h.writers {
+		_ = rc.SetWriteDeadline(deadline) // a stream that has just ended may refuse: nothing to bound
+	}
 }
 
 // Clients returns the number of streams open now.
@@ -70,12 +86,17 @@ func (h *sseHandler) Clients() int64 {
 // ServeHTTP checks the request, takes a place among MaxClients, and streams until the
 // client goes, the server shuts down, or the stream reaches MaxLifetime.
 func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	header := w.Header()
+	header.Set("Access-Control-Allow-Origin", "*")
 	if !acceptsEventStream(r.Header.Values("Accept")) {
 		http.Error(w, "406 not acceptable: /sse only serves text/event-stream", http.StatusNotAcceptable)
 		return
 	}
-	header := w.Header()
-	header.Set("Access-Control-Allow-Origin", "*")
+	if r.Method == http.MethodHead {
+		setStreamHeaders(header)
+		w.WriteHeader(http.StatusOK)
+		return
+	}
 	if h.open.Add(1) > int64(h.cfg.MaxClients) {
 		h.open.Add(-1)
 		rejected.Add(1)
@@ -84,15 +105,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.open.Add(-1)
-
-	header.Set("Content-Type", "text/event-stream")
-	header.Set("Cache-Control", "no-cache")
-	header.Set("Connection", "keep-alive")
-	header.Set("X-Accel-Buffering", "no")
-	if r.Method == http.MethodHead {
-		w.WriteHeader(http.StatusOK)
-		return
-	}
+	setStreamHeaders(header)
 
 	clientsOpen.Add(1)
 	clientsTotal.Add(1)
@@ -121,6 +134,14 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.debug = h.logger
 	}
 	defer s.keepalive.Stop()
+	h.mu.Lock()
+	h.writers[s.rc] = struct{}{}
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.writers, s.rc)
+		h.mu.Unlock()
+	}()
 	start := time.Now()
 	reason, err := h.serve(&s, client, r.Context().Done())
 	attrs := []any{"client", client.name, "duration", time.Since(start).Round(time.Millisecond),
@@ -129,6 +150,15 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		attrs = append(attrs, "error", err.Error())
 	}
 	h.logger.Info("client disconnected", attrs...)
+}
+
+// setStreamHeaders sets the headers of an event stream: no caching, and no buffering in
+// proxies that honour X-Accel-Buffering, such as nginx.
+func setStreamHeaders(header http.Header) {
+	header.Set("Content-Type", "text/event-stream")
+	header.Set("Cache-Control", "no-cache")
+	header.Set("Connection", "keep-alive")
+	header.Set("X-Accel-Buffering", "no")
 }
 
 // Why a stream ended, logged once per client.
@@ -242,7 +272,15 @@ func (s *stream) write(p []byte) error {
 	if _, err := s.w.Write(p); err != nil {
 		return err
 	}
-	return s.rc.Flush()
+	if err := s.rc.Flush(); err != nil {
+		return err
+	}
+	// Under the adaptor a write returns once fasthttp's worker has taken the bytes, before
+	// it writes them to the connection. An empty write returns only when the worker is
+	// done with them, with an error if the client is gone, so a vanished client shows on
+	// this write rather than two writes later. Elsewhere an empty write does nothing.
+	_, err = s.w.Write(nil)
+	return err
 }
 
 // appendEvent appends one SSE event with the given id and data to dst. Every line break in
@@ -269,11 +307,15 @@ func appendEvent(dst []byte, id uint64, data []byte) []byte {
 	return append(dst, "\n\n"...)
 }
 
+// maxLastEventID is the largest Last-Event-ID a stream goes on from: counting on from it by
+// one an event, no stream ever reaches an id that wraps around.
+const maxLastEventID = 1<<63 - 1
+
 // parseLastEventID returns the id a reconnecting client last saw. Anything but a decimal
-// number below the largest id counts as no id, so a stream never starts at a wrapped-around id.
+// number up to maxLastEventID counts as no id, and the stream starts at 1.
 func parseLastEventID(value string) (id uint64, ok bool) {
 	id, err := strconv.ParseUint(value, 10, 64)
-	if err != nil || id == math.MaxUint64 {
+	if err != nil || id > maxLastEventID {
 		return 0, false
 	}
 	return id, true

@@ -297,7 +297,8 @@ func TestStream_LastEventID(t *testing.T) {
 		{"numeric", "41", 42},
 		{"zero", "0", 1},
 		{"leading zeros", "007", 8},
-		{"largest that can continue", "18446744073709551614", math.MaxUint64},
+		{"largest that can continue", "9223372036854775807", 1 << 63},
+		{"too close to wrapping around", "9223372036854775808", 1},
 		{"would wrap around", "18446744073709551615", 1},
 		{"overflows", "18446744073709551616", 1},
 		{"negative", "-5", 1},
@@ -418,13 +419,17 @@ func TestStream_MaxLifetimeEndsAndNextResumes(t *testing.T) {
 }
 
 func TestStream_VanishedClientLeavesNoGoroutines(t *testing.T) {
+	const keepalive = 300 * time.Millisecond
 	tests := []struct {
 		name string
 		args []string
+		// within is how soon every client must be forgotten. A client that closes its end
+		// (FIN) lets one more write succeed, and the next write fails.
+		within time.Duration
 	}{
 		// With no events, only the keepalive reveals that the client is gone.
-		{"idle", []string{"-interval", "1h", "-keepalive", "100ms"}},
-		{"busy", []string{"-interval", "1ms", "-keepalive", "1h"}},
+		{"idle", []string{"-interval", "1h", "-keepalive", keepalive.String()}, 2*keepalive + 250*time.Millisecond},
+		{"busy", []string{"-interval", "1ms", "-keepalive", "1h"}, 500 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -439,12 +444,16 @@ func TestStream_VanishedClientLeavesNoGoroutines(t *testing.T) {
 			if got := goroutinesIn(produce) - before; got != clients {
 				t.Fatalf("%d producers run for %d clients, want one each", got, clients)
 			}
+			closed := time.Now()
 			for _, s := range streams {
 				s.close()
 			}
-			eventually(t, 2*time.Second, "every producer and handler returns", func() bool {
+			eventually(t, 5*time.Second, "every producer and handler returns", func() bool {
 				return goroutinesIn(produce) == before && goroutinesIn((*sseHandler).ServeHTTP) == 0
 			})
+			if took := time.Since(closed); took > tt.within {
+				t.Errorf("the server took %s to forget %d vanished clients, want at most %s", took, clients, tt.within)
+			}
 			if got := srv.healthClients(t); got != 0 {
 				t.Errorf("/healthz clients = %d after every client left, want 0", got)
 			}
@@ -541,8 +550,8 @@ func FuzzAppendEvent(f *testing.F) {
 	})
 }
 
-// FuzzParseLastEventID checks that only a decimal id below the largest is taken, so the
-// next id never wraps around.
+// FuzzParseLastEventID checks that only a decimal id up to maxLastEventID is taken, so
+// the ids that follow never wrap around.
 func FuzzParseLastEventID(f *testing.F) {
 	for _, seed := range []string{"", "0", "41", "-1", "+1", "18446744073709551615", "18446744073709551616", "\xff"} {
 		f.Add(seed)
@@ -550,7 +559,7 @@ func FuzzParseLastEventID(f *testing.F) {
 	f.Fuzz(func(t *testing.T, value string) {
 		id, ok := parseLastEventID(value)
 		want, err := strconv.ParseUint(value, 10, 64)
-		wantOK := err == nil && want < math.MaxUint64 && utf8.ValidString(value)
+		wantOK := err == nil && want <= maxLastEventID && utf8.ValidString(value)
 		if ok != wantOK || ok && id != want || !ok && id != 0 {
 			t.Fatalf("parseLastEventID(%q) = %d, %t; want %d, %t", value, id, ok, want, wantOK)
 		}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"os"
@@ -29,11 +30,18 @@ import (
 var webFiles embed.FS
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	go func() {
-		// After the first signal, a second one gets the default action: exit at once.
-		<-ctx.Done()
-		stop()
+		// The first signal starts a graceful shutdown; a second one exits at once. Exiting
+		// here rather than restoring the default action also works when the shell
+		// started the process with SIGINT ignored, as it does for background jobs.
+		<-signals
+		cancel()
+		sig := <-signals
+		fmt.Fprintf(os.Stderr, "sse-dashboard: second signal (%s): exiting without waiting for open streams\n", sig)
+		os.Exit(1)
 	}()
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout)
 	if errors.Is(err, flag.ErrHelp) {
@@ -70,7 +78,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
 		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
 		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
-		"idle_timeout", cfg.idleTimeout, "shutdown_timeout", cfg.shutdownTimeout)
+		"idle_timeout", cfg.idleTimeout, "shutdown_timeout", cfg.shutdownTimeout, "verbose", cfg.verbose)
 
 	served := make(chan error, 1)
 	go func() { served <- app.Listener(ln) }()
@@ -82,6 +90,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	start := time.Now()
 	logger.Info("shutting down", "open_streams", streams.Clients())
+	// Open streams end when the server's context does, but a write that a stalled client
+	// blocks would wait out its own deadline: give it half the shutdown time at most.
+	streams.BoundWrites(start.Add(min(cfg.stream.WriteTimeout, cfg.shutdownTimeout/2)))
 	if err := app.ShutdownWithTimeout(cfg.shutdownTimeout); err != nil {
 		return fmt.Errorf("shutdown after %s with %d streams open: %w", cfg.shutdownTimeout, streams.Clients(), err)
 	}
@@ -192,25 +203,33 @@ var pageHeaders = map[string]string{
 
 // handlePage serves the embedded page and its assets, so the binary runs from any directory.
 func handlePage() fiber.Handler {
-	files := make(map[string][]byte)
-	entries, _ := webFiles.ReadDir("web")
+	type file struct {
+		body        []byte
+		contentType string
+	}
+	files := make(map[string]file)
+	entries, err := webFiles.ReadDir("web")
+	if err != nil {
+		panic(err) // the files are compiled in: this cannot fail at run time
+	}
 	for _, entry := range entries {
-		files["/"+entry.Name()], _ = webFiles.ReadFile("web/" + entry.Name())
+		body, err := webFiles.ReadFile("web/" + entry.Name())
+		if err != nil {
+			panic(err)
+		}
+		files["/"+entry.Name()] = file{body, mime.TypeByExtension(path.Ext(entry.Name()))}
 	}
 	files["/"] = files["/index.html"]
 	return func(c *fiber.Ctx) error {
-		body, ok := files[c.Path()]
+		f, ok := files[c.Path()]
 		if !ok {
 			return fiber.ErrNotFound
 		}
 		for key, value := range pageHeaders {
 			c.Set(key, value)
 		}
-		c.Type(path.Ext(c.Path()), "utf-8")
-		if c.Path() == "/" {
-			c.Type("html", "utf-8")
-		}
-		return c.Send(body)
+		c.Set(fiber.HeaderContentType, f.contentType)
+		return c.Send(f.body)
 	}
 }
 
