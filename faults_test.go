@@ -62,7 +62,11 @@ func printSoakTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "scenario\tclients\tduration\tleaks\tcanary gaps")
 	for _, r := range soakRows {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d in %d streams\n", r.scenario, r.clients, r.duration.Round(100*time.Millisecond), r.leaks, r.canaryGaps, r.canaryCount)
+		canaries := "no canaries"
+		if r.canaryCount > 0 {
+			canaries = fmt.Sprintf("%d in %d streams", r.canaryGaps, r.canaryCount)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", r.scenario, r.clients, r.duration.Round(100*time.Millisecond), r.leaks, canaries)
 	}
 	tw.Flush()
 }
@@ -498,7 +502,7 @@ func TestFault_SigtermEndsEveryStreamCleanly(t *testing.T) {
 		t.Errorf("%d of %d streams were cut instead of ending cleanly", n, streams)
 	}
 	t.Logf("SIGTERM with %d open streams: exited in %s", streams, took)
-	record(soakRow{"SIGTERM with open streams", streams, took, "none", 0, 0})
+	record(soakRow{"SIGTERM with open streams", streams, took, "process exited", 0, 0})
 }
 
 func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
@@ -529,7 +533,7 @@ func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
 		t.Errorf("exit code %d, want 1 with a line that says why", code)
 	}
 	t.Logf("second signal: exited in %s", took)
-	record(soakRow{"second signal during shutdown", 1, took, "none", 0, 0})
+	record(soakRow{"second signal during shutdown", 1, took, "process exited", 0, 0})
 }
 
 func TestFault_StalledReaderDoesNotHoldShutdown(t *testing.T) {
@@ -563,7 +567,7 @@ func TestFault_StalledReaderDoesNotHoldShutdown(t *testing.T) {
 		t.Errorf("%d streams ended with the shutdown, want the %d healthy ones", got, len(canary))
 	}
 	t.Logf("SIGTERM with a stalled reader: exited in %s", took)
-	record(soakRow{"SIGTERM with a stalled reader", 4, took, "none", 0, 0})
+	record(soakRow{"SIGTERM with a stalled reader", 4, took, "process exited", 0, 0})
 }
 
 func TestFault_PanicAnswers500AndStreamsContinue(t *testing.T) {
