@@ -1,6 +1,9 @@
 # Every target is one or two commands; `make` alone lists them.
 .DEFAULT_GOAL := help
 GO ?= go
+# A pipeline fails when go test does, not only when its last command does.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 
 .PHONY: help run build test lint fuzz soak bench
 

@@ -80,7 +80,8 @@ func serveComparison(kind string, args []string) error {
 }
 
 // fiberNativeStream is the same stream written with fasthttp's SetBodyStreamWriter instead
-// of net/http and the adaptor.
+// of net/http and the adaptor: the same producer, framing, batching and keepalive, without
+// the write deadline, the client limit and the logs, which that API has no place for.
 func fiberNativeStream(cfg streamConfig) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		c.Set("Content-Type", "text/event-stream")
@@ -98,25 +99,29 @@ func fiberNativeStream(cfg streamConfig) fiber.Handler {
 			keepalive := time.NewTimer(cfg.Keepalive)
 			defer keepalive.Stop()
 			var buf, data []byte
+			var lastWrite time.Time
 			id := uint64(1)
 			write := func(p []byte) bool {
+				lastWrite = time.Now()
 				if _, err := w.Write(p); err != nil {
 					return false
 				}
-				keepalive.Reset(cfg.Keepalive)
 				return w.Flush() == nil
 			}
-			if !write([]byte("retry: 3000\n: stream opened\n\n")) {
+			opening := strconv.AppendInt([]byte("retry: "), cfg.Retry.Milliseconds(), 10)
+			if !write(append(opening, "\n: stream opened\n\n"...)) {
 				return
 			}
 			for {
 				select {
 				case ev := <-client.events:
 					buf = buf[:0]
+					n := 0
 					for {
 						data = ev.AppendJSON(data[:0])
 						buf = appendEvent(buf, id, data)
 						id++
+						n++
 						if len(client.events) == 0 {
 							break
 						}
@@ -125,11 +130,16 @@ func fiberNativeStream(cfg streamConfig) fiber.Handler {
 					if !write(buf) {
 						return
 					}
-					eventsSent.Add(1)
+					eventsSent.Add(int64(n))
 				case <-keepalive.C:
+					if silent := time.Since(lastWrite); silent < cfg.Keepalive {
+						keepalive.Reset(cfg.Keepalive - silent)
+						continue
+					}
 					if !write(keepaliveFrame) {
 						return
 					}
+					keepalive.Reset(cfg.Keepalive)
 				case <-shutdown:
 					return
 				}
@@ -187,6 +197,7 @@ var benchMetrics = []struct{ key, unit, label string }{
 	{"rss5k", "rss-KB/stream@5k", "RSS per stream, 5k streams (KB)"},
 	{"rss15k", "rss-KB/stream@15k", "RSS per stream, 15k streams (KB)"},
 	{"heap15k", "heap-KB/stream@15k", "heap per stream, 15k streams (KB)"},
+	{"stack15k", "stack-KB/stream@15k", "goroutine stacks per stream, 15k streams (KB)"},
 	{"gor15k", "goroutines/stream@15k", "goroutines per stream, 15k streams"},
 	{"evcpu", "events/cpu-s", "events per server CPU-second, 1k streams x 1ms"},
 	{"evs", "events/s", "delivered events/s, 1k streams x 1ms"},
@@ -209,8 +220,11 @@ func measureHeld(b *testing.B, env string, f map[string][]float64, hold time.Dur
 		hold    time.Duration
 	}{{"1k", 1000, 2 * time.Second}, {"5k", 5000, 2 * time.Second}, {"15k", 15000, hold}} {
 		clients.open(b, level.streams-clients.count())
+		before := clients.lastIDs()
 		time.Sleep(level.hold)
 		perStream(f, level.name, base, sample(b, proc), level.streams)
+		// At one event a second, a stream held for n seconds gets n events, give or take one.
+		clients.checkProgress(b, level.name+" streams", before, uint64(level.hold/time.Second)-1)
 	}
 	clients.checkDelivery(b, "15k streams")
 }
@@ -253,9 +267,12 @@ func measureThroughput(b *testing.B, env string, f map[string][]float64) {
 	defer clients.closeAll()
 	clients.open(b, 1000)
 	time.Sleep(time.Second)
+	before := clients.lastIDs()
 	cpu0, events0, t0 := procCPU(b, proc), clients.events.Load(), time.Now()
 	time.Sleep(5 * time.Second)
 	cpu1, events1, t1 := procCPU(b, proc), clients.events.Load(), time.Now()
+	// A stream starved while the others run would not show in the totals.
+	clients.checkProgress(b, "1k streams x 1ms", before, 100)
 	events := float64(events1 - events0)
 	f["evcpu"] = append(f["evcpu"], events/(cpu1-cpu0).Seconds())
 	f["evs"] = append(f["evs"], events/t1.Sub(t0).Seconds())
@@ -268,6 +285,7 @@ func perStream(f map[string][]float64, level string, base, now procSample, strea
 	n := float64(streams)
 	f["rss"+level] = append(f["rss"+level], float64(now.rssKB-base.rssKB)/n)
 	f["heap"+level] = append(f["heap"+level], float64(now.heapKB-base.heapKB)/n)
+	f["stack"+level] = append(f["stack"+level], float64(now.stackKB-base.stackKB)/n)
 	f["gor"+level] = append(f["gor"+level], float64(now.goroutines-base.goroutines)/n)
 }
 
@@ -285,7 +303,7 @@ func sample(b testing.TB, proc *serverProcess) procSample {
 		b.Fatal(err)
 	}
 	rss, _ := strconv.ParseFloat(string(regexp.MustCompile(`VmRSS:\s+(\d+)`).FindSubmatch(status)[1]), 64)
-	resp, err := http.Get(proc.url + "/debug/vars")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(proc.url + "/debug/vars")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -330,6 +348,7 @@ type benchClients struct {
 	addr   string
 	mu     sync.Mutex
 	conns  []*net.TCPConn
+	lastID []*atomic.Uint64 // per stream, the last id it received
 	dialed atomic.Int64
 	events atomic.Int64
 	gaps   atomic.Int64
@@ -361,10 +380,12 @@ func (c *benchClients) open(b testing.TB, n int) {
 					tcp.Close()
 					continue
 				}
+				last := new(atomic.Uint64)
 				c.mu.Lock()
 				c.conns = append(c.conns, tcp)
+				c.lastID = append(c.lastID, last)
 				c.mu.Unlock()
-				go c.read(bufio.NewReaderSize(resp.Body, 512))
+				go c.read(bufio.NewReaderSize(resp.Body, 512), last)
 			}
 		})
 	}
@@ -379,7 +400,7 @@ func (c *benchClients) open(b testing.TB, n int) {
 }
 
 // read counts a stream's events until it ends, and every id that does not follow the last.
-func (c *benchClients) read(r *bufio.Reader) {
+func (c *benchClients) read(r *bufio.Reader, lastID *atomic.Uint64) {
 	var last uint64
 	for {
 		line, err := r.ReadSlice('\n')
@@ -392,6 +413,7 @@ func (c *benchClients) read(r *bufio.Reader) {
 				c.gaps.Add(1)
 			}
 			last = id
+			lastID.Store(id)
 			c.events.Add(1)
 		}
 	}
@@ -406,6 +428,28 @@ func (c *benchClients) checkDelivery(b *testing.B, what string) {
 	}
 }
 
+// lastIDs returns the last id each open stream has received.
+func (c *benchClients) lastIDs() []uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]uint64, len(c.lastID))
+	for i, last := range c.lastID {
+		ids[i] = last.Load()
+	}
+	return ids
+}
+
+// checkProgress fails the benchmark unless every stream received at least want events
+// since the ids in before were taken.
+func (c *benchClients) checkProgress(b *testing.B, what string, before []uint64, want uint64) {
+	b.Helper()
+	for i, now := range c.lastIDs()[:len(before)] {
+		if now-before[i] < want {
+			b.Fatalf("%s: stream %d received %d events, want at least %d", what, i, now-before[i], want)
+		}
+	}
+}
+
 // count returns how many streams are open.
 func (c *benchClients) count() int {
 	c.mu.Lock()
@@ -413,21 +457,15 @@ func (c *benchClients) count() int {
 	return len(c.conns)
 }
 
-// closeSome resets n streams, as clients that vanish without a goodbye.
-func (c *benchClients) closeSome(n int) {
+// closeAll resets every stream, as clients that vanish without a goodbye.
+func (c *benchClients) closeAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n = min(n, len(c.conns))
-	for _, conn := range c.conns[:n] {
+	for _, conn := range c.conns {
 		conn.SetLinger(0) // no TIME_WAIT, so the next run finds free ports
 		conn.Close()
 	}
-	c.conns = c.conns[n:]
-}
-
-// closeAll resets every stream.
-func (c *benchClients) closeAll() {
-	c.closeSome(len(c.conns))
+	c.conns, c.lastID = nil, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -27,6 +27,7 @@ var (
 	rejected       = expvar.NewInt("rejected")
 )
 
+// init publishes the goroutine count, which shows at a glance whether streams leak.
 func init() {
 	expvar.Publish("goroutines", expvar.Func(func() any { return runtime.NumGoroutine() }))
 }
@@ -51,11 +52,13 @@ type sseHandler struct {
 	cfg     streamConfig
 	logger  *slog.Logger
 	verbose bool
-	open    atomic.Int64
-	opening []byte // the first bytes of every stream: the retry delay and a comment
+	opening []byte       // the first bytes of every stream: the retry delay and a comment
+	open    atomic.Int64 // streams open now, for MaxClients and /healthz
 
-	mu      sync.Mutex
-	writers map[*http.ResponseController]struct{} // every open stream's, for BoundWrites
+	shuttingDown atomic.Bool
+	writeBound   atomic.Int64 // once shutting down: the latest deadline of any write, in Unix ns
+	mu           sync.Mutex
+	writers      map[*http.ResponseController]struct{} // every open stream's, for Shutdown
 }
 
 // handleSSE returns the SSE handler for cfg. With verbose, every event is logged at debug level.
@@ -67,10 +70,13 @@ func handleSSE(cfg streamConfig, logger *slog.Logger, verbose bool) *sseHandler 
 		writers: make(map[*http.ResponseController]struct{})}
 }
 
-// BoundWrites moves the write deadline of every open stream to deadline at the latest, so
-// that at shutdown a client that stopped reading cannot hold a stream open for a whole
-// write timeout. A stream that writes again sets its own deadline anew.
-func (h *sseHandler) BoundWrites(deadline time.Time) {
+// Shutdown tells the streams that the server is shutting down, and makes every write, under
+// way or to come, end by deadline, so that a client that stopped reading cannot hold the
+// shutdown for a whole write timeout. Call it before shutting the server down: the streams
+// themselves end when their request's context does.
+func (h *sseHandler) Shutdown(deadline time.Time) {
+	h.writeBound.Store(deadline.UnixNano())
+	h.shuttingDown.Store(true)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for rc := range h.writers {
@@ -122,9 +128,9 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	go produce(ctx, client.events, h.cfg.Interval)
 
 	s := stream{
+		h:         h,
 		w:         w,
 		rc:        http.NewResponseController(w),
-		cfg:       &h.cfg,
 		keepalive: time.NewTimer(h.cfg.Keepalive),
 		nextID:    lastID + 1,
 		lastID:    lastID,
@@ -163,22 +169,24 @@ func setStreamHeaders(header http.Header) {
 
 // Why a stream ended, logged once per client.
 const (
-	endClientGone  = "client gone"
-	endShutdown    = "server shutdown"
-	endMaxLifetime = "max lifetime reached"
+	endClientGone   = "client gone"
+	endWriteTimeout = "write timeout"
+	endShutdown     = "server shutdown"
+	endMaxLifetime  = "max lifetime reached"
 )
 
 // serve runs the stream loop: one select whose cases are every way a stream goes on or ends.
-// shutdown is taken once, up front, because the adaptor may recycle the request's context
-// once the client is gone.
-func (h *sseHandler) serve(s *stream, client *Client, shutdown <-chan struct{}) (string, error) {
+// requestDone is taken once, up front, because the adaptor may recycle the request's
+// context once the client is gone. Under the adaptor it closes only at shutdown; under
+// net/http it also closes when the client leaves.
+func (h *sseHandler) serve(s *stream, client *Client, requestDone <-chan struct{}) (string, error) {
 	// Headers go out before any byte of body: under the adaptor a write before the first
 	// flush pins a 32 KB buffer for the life of the stream.
 	if err := s.rc.Flush(); err != nil {
-		return endClientGone, err
+		return h.whyWriteFailed(s), err
 	}
 	if err := s.write(h.opening); err != nil {
-		return endClientGone, err
+		return h.whyWriteFailed(s), err
 	}
 
 	var lifetime <-chan time.Time
@@ -190,13 +198,13 @@ func (h *sseHandler) serve(s *stream, client *Client, shutdown <-chan struct{}) 
 	for {
 		select {
 		case ev := <-client.events:
-			s.appendEvent(ev)
+			s.queue(ev)
 			// Events that queued up while the last write was under way go out in the same write.
 			for n := len(client.events); n > 0; n-- {
-				s.appendEvent(<-client.events)
+				s.queue(<-client.events)
 			}
 			if err := s.flushEvents(); err != nil {
-				return endClientGone, err
+				return h.whyWriteFailed(s), err
 			}
 		case <-s.keepalive.C:
 			// Writes do not reset the timer, which would cost a timer-heap update per
@@ -206,24 +214,40 @@ func (h *sseHandler) serve(s *stream, client *Client, shutdown <-chan struct{}) 
 				continue
 			}
 			if err := s.write(keepaliveFrame); err != nil {
-				return endClientGone, err
+				return h.whyWriteFailed(s), err
 			}
 			s.keepalive.Reset(h.cfg.Keepalive)
 			keepalivesSent.Add(1)
 		case <-lifetime:
 			return endMaxLifetime, nil
-		case <-shutdown:
-			return endShutdown, nil
+		case <-requestDone:
+			if h.shuttingDown.Load() {
+				return endShutdown, nil
+			}
+			return endClientGone, nil
 		}
+	}
+}
+
+// whyWriteFailed tells why a write of s failed. Under the adaptor every failure is the same
+// closed pipe, so the reason comes from the handler's state and the time the write took.
+func (h *sseHandler) whyWriteFailed(s *stream) string {
+	switch {
+	case h.shuttingDown.Load():
+		return endShutdown
+	case time.Since(s.lastWrite) >= h.cfg.WriteTimeout:
+		return endWriteTimeout
+	default:
+		return endClientGone
 	}
 }
 
 // stream is the writing side of one client's connection: reused buffers, the next id,
 // and when it last wrote, which the keepalive timer checks.
 type stream struct {
+	h         *sseHandler
 	w         http.ResponseWriter
 	rc        *http.ResponseController
-	cfg       *streamConfig
 	keepalive *time.Timer
 	lastWrite time.Time
 	debug     *slog.Logger // logs every event; nil unless verbose
@@ -236,8 +260,8 @@ type stream struct {
 	sent      int
 }
 
-// appendEvent frames ev under the next id into the stream's buffer.
-func (s *stream) appendEvent(ev *DashBoard) {
+// queue frames ev under the next id into the stream's buffer.
+func (s *stream) queue(ev *DashBoard) {
 	s.json = ev.AppendJSON(s.json[:0])
 	s.buf = appendEvent(s.buf, s.nextID, s.json)
 	if s.debug != nil {
@@ -261,11 +285,15 @@ func (s *stream) flushEvents() error {
 	return nil
 }
 
-// write sends p to the client and flushes it, within the write timeout. A client that
-// stopped reading makes it fail once the deadline passes.
+// write sends p to the client and flushes it, within the write timeout (or the shutdown's
+// bound, if sooner). A client that stopped reading makes it fail once the deadline passes.
 func (s *stream) write(p []byte) error {
 	s.lastWrite = time.Now()
-	err := s.rc.SetWriteDeadline(s.lastWrite.Add(s.cfg.WriteTimeout))
+	deadline := s.lastWrite.Add(s.h.cfg.WriteTimeout)
+	if bound := s.h.writeBound.Load(); bound != 0 && bound < deadline.UnixNano() {
+		deadline = time.Unix(0, bound)
+	}
+	err := s.rc.SetWriteDeadline(deadline)
 	if err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return err
 	}
@@ -278,7 +306,7 @@ func (s *stream) write(p []byte) error {
 	// Under the adaptor a write returns once fasthttp's worker has taken the bytes, before
 	// it writes them to the connection. An empty write returns only when the worker is
 	// done with them, with an error if the client is gone, so a vanished client shows on
-	// this write rather than two writes later. Elsewhere an empty write does nothing.
+	// this write rather than on the next. Elsewhere an empty write does nothing.
 	_, err = s.w.Write(nil)
 	return err
 }
@@ -307,8 +335,8 @@ func appendEvent(dst []byte, id uint64, data []byte) []byte {
 	return append(dst, "\n\n"...)
 }
 
-// maxLastEventID is the largest Last-Event-ID a stream goes on from: counting on from it by
-// one an event, no stream ever reaches an id that wraps around.
+// maxLastEventID is the largest Last-Event-ID a stream goes on from. No stream sends 2^63
+// events, so the ids that follow it never wrap around.
 const maxLastEventID = 1<<63 - 1
 
 // parseLastEventID returns the id a reconnecting client last saw. Anything but a decimal
@@ -322,27 +350,33 @@ func parseLastEventID(value string) (id uint64, ok bool) {
 }
 
 // acceptsEventStream reports whether a request's Accept headers allow text/event-stream.
-// No Accept header means anything goes, as for curl.
+// No Accept header means anything goes, as for curl; text/event-stream;q=0 refuses it even
+// beside a wildcard.
 func acceptsEventStream(accept []string) bool {
 	if len(accept) == 0 {
 		return true
 	}
+	accepted := false
 	for _, value := range accept {
 		for item := range strings.SplitSeq(value, ",") {
 			mediaType, params, err := mime.ParseMediaType(item)
 			if err != nil {
 				continue
 			}
-			if q, err := strconv.ParseFloat(params["q"], 64); err == nil && q == 0 {
-				continue
-			}
+			q, err := strconv.ParseFloat(params["q"], 64)
+			refused := err == nil && q == 0
 			switch mediaType {
-			case "text/event-stream", "text/*", "*/*":
-				return true
+			case "text/event-stream":
+				if refused {
+					return false
+				}
+				accepted = true
+			case "text/*", "*/*":
+				accepted = accepted || !refused
 			}
 		}
 	}
-	return false
+	return accepted
 }
 
 // retryAfterSeconds turns the reconnect delay into a Retry-After value of at least one second.
@@ -350,14 +384,17 @@ func retryAfterSeconds(retry time.Duration) int {
 	return max(1, int(math.Ceil(retry.Seconds())))
 }
 
-// recoverStream logs a panic in h with its stack, then lets it go on, so that the server
+// recoverStream logs a panic in h with its stack, then panics again, so that the server
 // answers 500 (or cuts a stream already under way) and keeps serving everyone else.
 func recoverStream(h http.Handler, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A copy: under the adaptor the path points into a buffer that fasthttp reuses
+		// once the client is gone.
+		path := strings.Clone(r.URL.Path)
 		defer func() {
 			if v := recover(); v != nil {
 				if v != http.ErrAbortHandler {
-					logger.Error("panic in handler", "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
+					logger.Error("panic in handler", "path", path, "panic", v, "stack", string(debug.Stack()))
 				}
 				panic(v)
 			}

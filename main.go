@@ -29,6 +29,7 @@ import (
 //go:embed web/index.html web/app.js web/style.css
 var webFiles embed.FS
 
+// main runs the server until SIGINT or SIGTERM, and exits non-zero if it could not.
 func main() {
 	ctx, cancel := context.WithCancel(context.Background())
 	signals := make(chan os.Signal, 2)
@@ -84,7 +85,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	go func() { served <- app.Listener(ln) }()
 	select {
 	case err := <-served:
-		return fmt.Errorf("serve on %s: %w", cfg.addr, err)
+		ln.Close()
+		return fmt.Errorf("serve on %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
 	}
 
@@ -92,12 +94,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	logger.Info("shutting down", "open_streams", streams.Clients())
 	// Open streams end when the server's context does, but a write that a stalled client
 	// blocks would wait out its own deadline: give it half the shutdown time at most.
-	streams.BoundWrites(start.Add(min(cfg.stream.WriteTimeout, cfg.shutdownTimeout/2)))
+	streams.Shutdown(start.Add(min(cfg.stream.WriteTimeout, cfg.shutdownTimeout/2)))
 	if err := app.ShutdownWithTimeout(cfg.shutdownTimeout); err != nil {
 		return fmt.Errorf("shutdown after %s with %d streams open: %w", cfg.shutdownTimeout, streams.Clients(), err)
 	}
 	if err := <-served; err != nil {
-		return fmt.Errorf("serve on %s: %w", cfg.addr, err)
+		return fmt.Errorf("serve on %s: %w", ln.Addr(), err)
 	}
 	logger.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -136,9 +138,9 @@ func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
 // backslashes. Only scanners send them, and serving what they normalise to would hide
 // what was asked for.
 func rejectAmbiguousPaths(c *fiber.Ctx) error {
-	path, _, _ := strings.Cut(string(c.Request().Header.RequestURI()), "?")
-	lower := strings.ToLower(path)
-	if strings.Contains(path+"/", "/../") || strings.Contains(path+"/", "/./") || strings.ContainsRune(path, '\\') ||
+	target, _, _ := strings.Cut(string(c.Request().Header.RequestURI()), "?")
+	lower := strings.ToLower(target)
+	if strings.Contains(target+"/", "/../") || strings.Contains(target+"/", "/./") || strings.ContainsRune(target, '\\') ||
 		strings.Contains(lower, "%2f") || strings.Contains(lower, "%2e") || strings.Contains(lower, "%5c") {
 		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
 		return c.Status(fiber.StatusBadRequest).SendString("400 bad request: path has dot segments or encoded separators\n")
@@ -191,16 +193,6 @@ func handleHealth(streams *sseHandler) fiber.Handler {
 	}
 }
 
-// pageHeaders let the page run only its own script and style, while ?src= may still
-// point its EventSource at another origin.
-var pageHeaders = map[string]string{
-	"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-		"connect-src 'self' http: https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-	"X-Content-Type-Options": "nosniff",
-	"Referrer-Policy":        "no-referrer",
-	"Cache-Control":          "no-cache",
-}
-
 // handlePage serves the embedded page and its assets, so the binary runs from any directory.
 func handlePage() fiber.Handler {
 	type file struct {
@@ -220,12 +212,21 @@ func handlePage() fiber.Handler {
 		files["/"+entry.Name()] = file{body, mime.TypeByExtension(path.Ext(entry.Name()))}
 	}
 	files["/"] = files["/index.html"]
+	// The page may run only its own script and style, while ?src= may still point its
+	// EventSource at another origin.
+	headers := map[string]string{
+		"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+			"connect-src 'self' http: https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+		"X-Content-Type-Options": "nosniff",
+		"Referrer-Policy":        "no-referrer",
+		"Cache-Control":          "no-cache",
+	}
 	return func(c *fiber.Ctx) error {
 		f, ok := files[c.Path()]
 		if !ok {
 			return fiber.ErrNotFound
 		}
-		for key, value := range pageHeaders {
+		for key, value := range headers {
 			c.Set(key, value)
 		}
 		c.Set(fiber.HeaderContentType, f.contentType)
@@ -285,18 +286,6 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long shutdown may take")
 	fs.BoolVar(&cfg.verbose, "v", false, "log every event")
 
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := envName(f.Name)
-		if value := getenv(name); value != "" && envErr == nil {
-			if err := f.Value.Set(value); err != nil {
-				envErr = fmt.Errorf("invalid %s=%q (for -%s): %w", name, value, f.Name, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return cfg, envErr
-	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(fs, stdout)
@@ -306,6 +295,21 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected argument %q (run with -h for every flag)", fs.Arg(0))
+	}
+	// The environment fills in the flags that the command line left out.
+	onCommandLine := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		if value := getenv(name); value != "" && !onCommandLine[f.Name] && envErr == nil {
+			if err := f.Value.Set(value); err != nil {
+				envErr = fmt.Errorf("invalid %s=%q (for -%s): %w", name, value, f.Name, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return cfg, envErr
 	}
 	return cfg, cfg.validate()
 }
