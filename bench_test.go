@@ -210,7 +210,7 @@ var benchMetrics = []struct{ key, unit, label string }{
 // memory and goroutines each costs.
 func measureHeld(b *testing.B, env string, f map[string][]float64, hold time.Duration) {
 	proc := startProcessAs(b, env, "-interval", "1s", "-max-clients", "20000")
-	defer stopProcess(proc)
+	defer proc.signal(b, syscall.SIGTERM, 30*time.Second)
 	clients := &benchClients{addr: strings.TrimPrefix(proc.url, "http://")}
 	defer clients.closeAll()
 	base := sample(b, proc)
@@ -247,16 +247,8 @@ func measureChurn(b *testing.B, env string, f map[string][]float64) {
 
 	clients.open(b, 5000)
 	waitClients(b, proc, 5000)
-	start = time.Now()
-	stopProcess(proc)
-	f["shutdown"] = append(f["shutdown"], ms(time.Since(start)))
+	f["shutdown"] = append(f["shutdown"], ms(proc.signal(b, syscall.SIGTERM, 30*time.Second)))
 	clients.checkDelivery(b, "5k streams")
-}
-
-// stopProcess sends SIGTERM and waits for the process to exit.
-func stopProcess(proc *serverProcess) {
-	proc.cmd.Process.Signal(syscall.SIGTERM)
-	<-proc.exited
 }
 
 // measureThroughput runs 1,000 streams at an event a millisecond and records events per
@@ -277,7 +269,7 @@ func measureThroughput(b *testing.B, env string, f map[string][]float64) {
 	f["evcpu"] = append(f["evcpu"], events/(cpu1-cpu0).Seconds())
 	f["evs"] = append(f["evs"], events/t1.Sub(t0).Seconds())
 	clients.checkDelivery(b, "1k streams x 1ms")
-	stopProcess(proc)
+	proc.signal(b, syscall.SIGTERM, 30*time.Second)
 }
 
 // perStream records memory and goroutines per stream at one level.

@@ -106,6 +106,20 @@ func startProcessAs(t testing.TB, env string, args ...string) *serverProcess {
 	return p
 }
 
+// signal sends sig and waits for the process to exit, failing the test if that takes
+// longer than within; it returns how long it took.
+func (p *serverProcess) signal(t testing.TB, sig os.Signal, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	p.cmd.Process.Signal(sig)
+	select {
+	case <-p.exited:
+	case <-time.After(within):
+		t.Fatalf("the process did not exit within %s of %s", within, sig)
+	}
+	return time.Since(start)
+}
+
 // testServer is the whole service started by run on a free loopback port.
 type testServer struct {
 	url    string
