@@ -136,9 +136,6 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		lastID:    lastID,
 		name:      client.name,
 	}
-	if h.verbose {
-		s.debug = h.logger
-	}
 	defer s.keepalive.Stop()
 	h.mu.Lock()
 	h.writers[s.rc] = struct{}{}
@@ -250,7 +247,6 @@ type stream struct {
 	rc        *http.ResponseController
 	keepalive *time.Timer
 	lastWrite time.Time
-	debug     *slog.Logger // logs every event; nil unless verbose
 	name      string
 	buf       []byte // frames waiting for the next write
 	json      []byte // scratch for one event's data
@@ -264,8 +260,8 @@ type stream struct {
 func (s *stream) queue(ev *DashBoard) {
 	s.json = ev.AppendJSON(s.json[:0])
 	s.buf = appendEvent(s.buf, s.nextID, s.json)
-	if s.debug != nil {
-		s.debug.Debug("event", "client", s.name, "id", s.nextID, "user", ev.User)
+	if s.h.verbose {
+		s.h.logger.Debug("event", "client", s.name, "id", s.nextID, "user", ev.User)
 	}
 	s.nextID++
 	s.pending++
