@@ -60,7 +60,7 @@ func serveComparison(kind string, args []string) error {
 	switch kind {
 	case "net/http":
 		mux := http.NewServeMux()
-		mux.Handle("GET /sse", handleSSE(cfg.stream, logger, false))
+		mux.Handle("GET /sse", handleSSE(cfg.stream, logger))
 		mux.Handle("GET /debug/vars", expvar.Handler())
 		// Requests share ctx, so that streams end at shutdown as they do under Fiber.
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: cfg.readTimeout,

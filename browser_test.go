@@ -626,7 +626,8 @@ func TestBrowser_HostileDataRendersInert(t *testing.T) {
 }
 
 func TestBrowser_ReconnectResumesAfterLastEventID(t *testing.T) {
-	srv := startServer(t, "-interval", "50ms", "-max-lifetime", "1s", "-retry", "200ms")
+	// -v logs each connect, with the id it resumed after.
+	srv := startServer(t, "-interval", "50ms", "-max-lifetime", "1s", "-retry", "200ms", "-v")
 	b := newBrowser(t)
 
 	b.navigate(t, srv.url+"/")
@@ -641,7 +642,7 @@ func TestBrowser_ReconnectResumesAfterLastEventID(t *testing.T) {
 
 	// The server's side: the second stream started where the first one ended.
 	connected := regexp.MustCompile(`msg="client connected" .*last_event_id=(\d+) resumed=(\w+)`)
-	disconnected := regexp.MustCompile(`msg="client disconnected" .*last_id=(\d+) reason="([^"]*)"`)
+	disconnected := regexp.MustCompile(`msg="client disconnected" .*last_id=(\d+) reason=(\S+)`)
 	var connects []string // "last_event_id resumed" of each connect, in order
 	firstEnd := ""        // last_id of the first stream that ended at max lifetime
 	resumeAfterEnd := ""  // the first connect after that end
@@ -653,7 +654,7 @@ func TestBrowser_ReconnectResumesAfterLastEventID(t *testing.T) {
 			}
 		}
 		if m := disconnected.FindStringSubmatch(line); m != nil && firstEnd == "" {
-			if m[2] != endMaxLifetime {
+			if m[2] != string(endMaxLifetime) {
 				t.Errorf("first stream ended with reason %q, want %q", m[2], endMaxLifetime)
 			}
 			firstEnd = m[1]
@@ -671,7 +672,8 @@ func TestBrowser_ReconnectResumesAfterLastEventID(t *testing.T) {
 }
 
 func TestBrowser_SurvivesServerRestartOnSamePort(t *testing.T) {
-	flags := []string{"-interval", "50ms", "-retry", "200ms"}
+	// -v logs each connect, with the id it resumed after.
+	flags := []string{"-interval", "50ms", "-retry", "200ms", "-v"}
 	srv := startServer(t, flags...)
 	b := newBrowser(t)
 

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// config is everything the command line and the environment can set.
+type config struct {
+	addr            string
+	sendBuffer      int           // bytes of kernel send buffer per connection; 0 = kernel default
+	readTimeout     time.Duration // longest time to read a request
+	idleTimeout     time.Duration // longest wait for the next request on a keep-alive connection
+	shutdownTimeout time.Duration
+	verbose         bool
+	stream          streamConfig
+}
+
+// parseConfig reads flags from args, each with an environment fallback (ADDR, INTERVAL,
+// MAX_CLIENTS, ...; PORT=8080 means -addr :8080), and refuses values that cannot work.
+// -h prints every flag to stdout and returns flag.ErrHelp.
+func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (config, error) {
+	cfg := config{addr: ":3000"}
+	if port := getenv("PORT"); port != "" {
+		cfg.addr = ":" + port
+	}
+	fs := flag.NewFlagSet("sse-dashboard", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.addr, "addr", cfg.addr, "address to listen on")
+	fs.DurationVar(&cfg.stream.Interval, "interval", time.Second, "how often each stream gets an event")
+	fs.DurationVar(&cfg.stream.Keepalive, "keepalive", 15*time.Second, "longest silence before a keepalive comment; also how soon a vanished client is noticed")
+	fs.DurationVar(&cfg.stream.Retry, "retry", 3*time.Second, "reconnect delay sent to clients")
+	fs.DurationVar(&cfg.stream.MaxLifetime, "max-lifetime", 0, "end streams older than this, so clients reconnect with Last-Event-ID (0 = never)")
+	fs.DurationVar(&cfg.stream.WriteTimeout, "write-timeout", 10*time.Second, "deadline for each write; a client that stops reading is dropped")
+	fs.IntVar(&cfg.stream.Buffer, "buffer", 10, "events each client's channel holds")
+	fs.IntVar(&cfg.stream.MaxClients, "max-clients", 10000, "open streams allowed at once; more get 503")
+	fs.IntVar(&cfg.sendBuffer, "send-buffer", 64<<10, "kernel send buffer per connection in bytes, so a stalled reader holds bounded memory (0 = kernel default)")
+	fs.DurationVar(&cfg.readTimeout, "read-timeout", 10*time.Second, "longest time to read a request; closes slow or stuck senders, never a stream")
+	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 60*time.Second, "longest wait for the next request on a keep-alive connection")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long shutdown may take")
+	fs.BoolVar(&cfg.verbose, "v", false, "log every event")
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, stdout)
+			return cfg, err
+		}
+		return cfg, fmt.Errorf("%w (run with -h for every flag)", err)
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q (run with -h for every flag)", fs.Arg(0))
+	}
+	// The environment fills in the flags that the command line left out.
+	onCommandLine := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		if value := getenv(name); value != "" && !onCommandLine[f.Name] && envErr == nil {
+			if err := f.Value.Set(value); err != nil {
+				envErr = fmt.Errorf("invalid %s=%q (for -%s): %w", name, value, f.Name, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return cfg, envErr
+	}
+	return cfg, cfg.validate()
+}
+
+// envName is the environment variable that sets a flag: -max-clients reads MAX_CLIENTS.
+func envName(flagName string) string {
+	if flagName == "v" {
+		return "VERBOSE"
+	}
+	return strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// validate refuses settings the server cannot run with, naming the flag.
+func (cfg config) validate() error {
+	positive := []struct {
+		flag  string
+		value time.Duration
+	}{
+		{"interval", cfg.stream.Interval},
+		{"keepalive", cfg.stream.Keepalive},
+		{"write-timeout", cfg.stream.WriteTimeout},
+		{"read-timeout", cfg.readTimeout},
+		{"idle-timeout", cfg.idleTimeout},
+		{"shutdown-timeout", cfg.shutdownTimeout},
+	}
+	for _, p := range positive {
+		if p.value <= 0 {
+			return fmt.Errorf("invalid -%s %s: must be more than 0", p.flag, p.value)
+		}
+	}
+	switch {
+	case cfg.stream.Retry < time.Millisecond:
+		return fmt.Errorf("invalid -retry %s: must be at least 1ms", cfg.stream.Retry)
+	case cfg.stream.MaxLifetime < 0:
+		return fmt.Errorf("invalid -max-lifetime %s: must be 0 (never) or more", cfg.stream.MaxLifetime)
+	case cfg.stream.Buffer < 1:
+		return fmt.Errorf("invalid -buffer %d: must be at least 1", cfg.stream.Buffer)
+	case cfg.sendBuffer < 0:
+		return fmt.Errorf("invalid -send-buffer %d: must be 0 (kernel default) or more", cfg.sendBuffer)
+	case cfg.stream.MaxClients < 1:
+		return fmt.Errorf("invalid -max-clients %d: must be at least 1", cfg.stream.MaxClients)
+	case cfg.addr == "":
+		return errors.New("invalid -addr: must not be empty")
+	}
+	return nil
+}
+
+// printUsage prints every flag with its environment variable and default.
+func printUsage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprintln(w, "Usage: sse-dashboard [flags]\n\nServes a live dashboard at / and its event stream at /sse.\n\nFlags (each also read from the environment variable shown):")
+	fs.VisitAll(func(f *flag.Flag) {
+		fmt.Fprintf(w, "  -%s (%s, default %q)\n    \t%s\n", f.Name, envName(f.Name), f.DefValue, f.Usage)
+	})
+}
