@@ -12,11 +12,15 @@ import (
 // config is everything the command line and the environment can set.
 type config struct {
 	addr            string
+	adminAddr       string // the operators' listener; empty turns it off
 	sendBuffer      int           // bytes of kernel send buffer per connection; 0 = kernel default
 	readTimeout     time.Duration // longest time to read a request
 	idleTimeout     time.Duration // longest wait for the next request on a keep-alive connection
+	shutdownDelay   time.Duration // how long /readyz answers 503 before streams end
 	shutdownTimeout time.Duration
 	verbose         bool
+	logFormat       string // text or json
+	version         bool   // print the version and exit
 	stream          streamConfig
 }
 
@@ -31,6 +35,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs := flag.NewFlagSet("sse-dashboard", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.addr, "addr", cfg.addr, "address to listen on")
+	fs.StringVar(&cfg.adminAddr, "admin-addr", "127.0.0.1:3001", "address of the operators' listener: /metrics, /debug/pprof/, /debug/vars (empty = off); keep it private")
 	fs.DurationVar(&cfg.stream.Interval, "interval", time.Second, "how often each stream gets an event")
 	fs.DurationVar(&cfg.stream.Keepalive, "keepalive", 15*time.Second, "longest silence before a keepalive comment; also how soon a vanished client is noticed")
 	fs.DurationVar(&cfg.stream.Retry, "retry", 3*time.Second, "reconnect delay sent to clients")
@@ -41,8 +46,11 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.IntVar(&cfg.sendBuffer, "send-buffer", 64<<10, "kernel send buffer per connection in bytes, so a stalled reader holds bounded memory (0 = kernel default)")
 	fs.DurationVar(&cfg.readTimeout, "read-timeout", 10*time.Second, "longest time to read a request; closes slow or stuck senders, never a stream")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 60*time.Second, "longest wait for the next request on a keep-alive connection")
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long shutdown may take")
-	fs.BoolVar(&cfg.verbose, "v", false, "log every event")
+	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz answering 503, so load balancers stop sending clients first")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long shutdown may take, after -shutdown-delay")
+	fs.BoolVar(&cfg.verbose, "v", false, "log every connect and every event (debug level)")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&cfg.version, "version", false, "print the version and exit")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -60,6 +68,9 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		name := envName(f.Name)
+		if name == "" {
+			return
+		}
 		if value := getenv(name); value != "" && !onCommandLine[f.Name] && envErr == nil {
 			if err := f.Value.Set(value); err != nil {
 				envErr = fmt.Errorf("invalid %s=%q (for -%s): %w", name, value, f.Name, err)
@@ -73,9 +84,13 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 }
 
 // envName is the environment variable that sets a flag: -max-clients reads MAX_CLIENTS.
+// -version has none: VERSION is too common a variable to be read as a request to print it.
 func envName(flagName string) string {
-	if flagName == "v" {
+	switch flagName {
+	case "v":
 		return "VERBOSE"
+	case "version":
+		return ""
 	}
 	return strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
@@ -111,6 +126,10 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -max-clients %d: must be at least 1", cfg.stream.MaxClients)
 	case cfg.addr == "":
 		return errors.New("invalid -addr: must not be empty")
+	case cfg.shutdownDelay < 0:
+		return fmt.Errorf("invalid -shutdown-delay %s: must be 0 or more", cfg.shutdownDelay)
+	case cfg.logFormat != "text" && cfg.logFormat != "json":
+		return fmt.Errorf("invalid -log-format %q: must be text or json", cfg.logFormat)
 	}
 	return nil
 }
@@ -119,6 +138,10 @@ func (cfg config) validate() error {
 func printUsage(fs *flag.FlagSet, w io.Writer) {
 	fmt.Fprintln(w, "Usage: sse-dashboard [flags]\n\nServes a live dashboard at / and its event stream at /sse.\n\nFlags (each also read from the environment variable shown):")
 	fs.VisitAll(func(f *flag.Flag) {
-		fmt.Fprintf(w, "  -%s (%s, default %q)\n    \t%s\n", f.Name, envName(f.Name), f.DefValue, f.Usage)
+		if name := envName(f.Name); name != "" {
+			fmt.Fprintf(w, "  -%s (%s, default %q)\n    \t%s\n", f.Name, name, f.DefValue, f.Usage)
+		} else {
+			fmt.Fprintf(w, "  -%s\n    \t%s\n", f.Name, f.Usage)
+		}
 	})
 }

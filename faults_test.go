@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"text/tabwriter"
@@ -202,7 +203,7 @@ func TestFault_ChurnLeavesNothingBehind(t *testing.T) {
 	const workers = 20
 	start := time.Now()
 	rssBefore := rssKB(t)
-	streamsBefore := clientsTotal.Value()
+	openedBefore := metric(t, srv.adminURL, "sse_streams_opened_total")
 
 	var wg sync.WaitGroup
 	jobs := make(chan int)
@@ -221,8 +222,8 @@ func TestFault_ChurnLeavesNothingBehind(t *testing.T) {
 
 	leaks := expectBaseline(t, srv, 3)
 	gaps := canary.check(2 * time.Second)
-	if total := clientsTotal.Value() - streamsBefore; total < int64(cycles) {
-		t.Errorf("the server saw %d connections, want at least %d", total, cycles)
+	if opened := metric(t, srv.adminURL, "sse_streams_opened_total") - openedBefore; opened < float64(cycles) {
+		t.Errorf("the server opened %v streams, want at least %d", opened, cycles)
 	}
 	if *soak {
 		if grown := rssKB(t) - rssBefore; grown > 64<<10 {
@@ -291,7 +292,7 @@ func TestFault_StalledReadersAreDropped(t *testing.T) {
 		}
 	}
 	eventually(t, 30*time.Second, "every stalled reader is dropped", func() bool {
-		return srv.logs.count(`reason=write_timeout`) >= stalled
+		return metric(t, srv.adminURL, `sse_streams_ended_total{reason="write_timeout"}`) >= float64(stalled)
 	})
 	took := time.Since(start)
 	leaks := expectBaseline(t, srv, 3)
@@ -541,7 +542,7 @@ func TestFault_DuplicateSignalIsOneStopRequest(t *testing.T) {
 	stalled.SetReadBuffer(4096)
 	io.WriteString(stalled, streamRequest)
 	eventually(t, 10*time.Second, "the stalled stream has sent events", func() bool {
-		return counter(t, proc.url, "events_sent") > 100
+		return metric(t, proc.adminURL, "sse_events_total") > 100
 	})
 	// What timeout(1) and other supervisors do: the process, then its process group. The
 	// kernel merges two signals sent before the first is handled, so the second one goes
@@ -594,7 +595,7 @@ func TestFault_PanicAnswers500AndStreamsContinue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	app, _ := newApp(cfg, logger)
+	app, _ := newApp(cfg, logger, new(atomic.Bool))
 	// The seam: a route on the same handler path as /sse (adaptor and recoverStream) that panics.
 	app.Get("/boom", adaptor.HTTPHandler(recoverStream(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 		panic("boom")

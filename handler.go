@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"expvar"
 	"log/slog"
 	"math"
 	"net/http"
-	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -14,20 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// Process-wide counters, served at /debug/vars.
-var (
-	clientsOpen    = expvar.NewInt("clients")
-	clientsTotal   = expvar.NewInt("clients_total")
-	eventsSent     = expvar.NewInt("events_sent")
-	keepalivesSent = expvar.NewInt("keepalives_sent")
-	rejected       = expvar.NewInt("rejected")
-)
-
-// init publishes the goroutine count, which shows at a glance whether streams leak.
-func init() {
-	expvar.Publish("goroutines", expvar.Func(func() any { return runtime.NumGoroutine() }))
-}
 
 // streamConfig holds the settings of every stream the SSE handler serves.
 type streamConfig struct {
@@ -72,8 +56,9 @@ func (s *shutdown) writeBound() (time.Time, bool) {
 type sseHandler struct {
 	cfg     streamConfig
 	logger  *slog.Logger
+	metrics *metrics
 	opening []byte       // the first bytes of every stream: the retry delay and a comment
-	open    atomic.Int64 // streams open now, for MaxClients and /healthz
+	open    atomic.Int64 // streams open now, for MaxClients, /healthz and the metrics
 	stop    shutdown
 	streams sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
 
@@ -84,13 +69,15 @@ type sseHandler struct {
 // handleSSE returns the SSE handler for cfg. When logger logs at debug level, every event
 // is logged.
 func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
-	return &sseHandler{
+	h := &sseHandler{
 		cfg:     cfg,
 		logger:  logger,
 		opening: appendRetry(nil, cfg.Retry, "stream opened"),
 		stop:    shutdown{done: make(chan struct{})},
 		writers: make(map[*http.ResponseController]struct{}),
 	}
+	h.metrics = newMetrics(func() float64 { return float64(h.open.Load()) }, cfg.WriteTimeout)
+	return h
 }
 
 // Shutdown ends every stream, open or to come, and makes every write, under way or to come,
@@ -131,6 +118,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	header := w.Header()
 	header.Set("Access-Control-Allow-Origin", "*")
 	if !acceptsEventStream(r.Header.Values("Accept")) {
+		h.metrics.rejected[rejectNotAcceptable].Inc()
 		http.Error(w, "406 not acceptable: /sse only serves text/event-stream", http.StatusNotAcceptable)
 		return
 	}
@@ -141,7 +129,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if h.open.Add(1) > int64(h.cfg.MaxClients) {
 		h.open.Add(-1)
-		rejected.Add(1)
+		h.metrics.rejected[rejectMaxClients].Inc()
 		header.Set("Retry-After", strconv.Itoa(retryAfterSeconds(h.cfg.Retry)))
 		http.Error(w, "503 service unavailable: too many open streams, retry later", http.StatusServiceUnavailable)
 		return
@@ -151,10 +139,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer h.open.Add(-1)
 	setStreamHeaders(header)
 
-	clientsOpen.Add(1)
-	clientsTotal.Add(1)
-	defer clientsOpen.Add(-1)
-
+	h.metrics.opened.Inc()
 	client := newClient(r.RemoteAddr, h.cfg.Buffer)
 	lastID, resumed := resumeID(r)
 	h.logger.Debug("client connected", "client", client.name, "last_event_id", lastID, "resumed", resumed)
@@ -170,6 +155,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rc:     http.NewResponseController(w),
 		cfg:    &h.cfg,
 		stop:   &h.stop,
+		m:      h.metrics,
 		name:   client.name,
 		nextID: lastID + 1,
 		lastID: lastID,
@@ -187,7 +173,10 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	start := time.Now()
 	reason, err := s.run(h.opening, client.events, r.Context().Done())
-	attrs := []any{"client", client.name, "duration", time.Since(start).Round(time.Millisecond),
+	lasted := time.Since(start)
+	h.metrics.ended[reason].Inc()
+	h.metrics.streamLength.Observe(lasted.Seconds())
+	attrs := []any{"client", client.name, "duration", lasted.Round(time.Millisecond),
 		"events", s.sent, "last_id", s.lastID, "reason", string(reason)}
 	if err != nil {
 		attrs = append(attrs, "error", err.Error())

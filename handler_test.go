@@ -279,7 +279,7 @@ func TestStream_PreflightAllowsAnyOrigin(t *testing.T) {
 
 func TestStream_ManyEventsOnOneConnection(t *testing.T) {
 	srv := startServer(t, "-interval", "2ms")
-	before := clientsTotal.Value()
+	before := metric(t, srv.adminURL, "sse_streams_opened_total")
 	stream := openStream(t, srv.url, nil)
 	stream.next(t)
 	for want := uint64(1); want <= 300; want++ {
@@ -291,8 +291,8 @@ func TestStream_ManyEventsOnOneConnection(t *testing.T) {
 			t.Fatalf("event %d has type %q, want none (so onmessage receives it)", want, ev.event)
 		}
 	}
-	if got := clientsTotal.Value() - before; got != 1 {
-		t.Errorf("%d connections served 300 events, want 1", got)
+	if got := metric(t, srv.adminURL, "sse_streams_opened_total") - before; got != 1 {
+		t.Errorf("%v streams served 300 events, want 1", got)
 	}
 }
 
@@ -473,7 +473,9 @@ func TestStream_MaxLifetimeEndsAndNextResumes(t *testing.T) {
 	if frames < 5 {
 		t.Fatalf("got %d events before the end, want several", frames)
 	}
-	srv.logs.waitFor(t, regexp.MustCompile(`reason=(max_lifetime)`), 5*time.Second)
+	eventually(t, 5*time.Second, "the server counts the stream's end", func() bool {
+		return metric(t, srv.adminURL, `sse_streams_ended_total{reason="max_lifetime"}`) == 1
+	})
 	last, _ := strconv.ParseUint(lastID, 10, 64)
 	next := openStream(t, srv.url, http.Header{"Last-Event-ID": {lastID}})
 	next.next(t)
@@ -521,8 +523,8 @@ func TestStream_VanishedClientLeavesNoGoroutines(t *testing.T) {
 			if got := srv.healthClients(t); got != 0 {
 				t.Errorf("/healthz clients = %d after every client left, want 0", got)
 			}
-			if got := srv.logs.count(`reason=client_gone`); got != clients {
-				t.Errorf("%d streams logged that the client was gone, want %d", got, clients)
+			if got := metric(t, srv.adminURL, `sse_streams_ended_total{reason="client_gone"}`); got != clients {
+				t.Errorf("%v streams ended with the client gone, want %d", got, clients)
 			}
 		})
 	}

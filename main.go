@@ -6,7 +6,6 @@ import (
 	"context"
 	"embed"
 	"errors"
-	"expvar"
 	"flag"
 	"fmt"
 	"io"
@@ -17,7 +16,9 @@ import (
 	"os"
 	"os/signal"
 	"path"
+	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -69,41 +70,60 @@ func stopOnSignals(stop context.CancelFunc) {
 }
 
 // run parses the configuration, serves until ctx is cancelled, then shuts down within the
-// shutdown timeout. Tests call it in-process; the "listening" log line tells them the address.
+// shutdown timeout. Tests call it in-process; the "listening" log line tells them the addresses.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	cfg, err := parseConfig(args, getenv, stdout)
 	if err != nil {
 		return err
 	}
-	level := slog.LevelInfo
-	if cfg.verbose {
-		level = slog.LevelDebug
+	if cfg.version {
+		fmt.Fprintln(stdout, version())
+		return nil
 	}
-	logger := slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: level}))
+	logger := newLogger(stdout, cfg)
 
-	app, streams := newApp(cfg, logger)
+	var ready atomic.Bool
+	app, streams := newApp(cfg, logger, &ready)
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
 	}
+	defer ln.Close()
 	if cfg.sendBuffer > 0 {
 		ln = sendBufferListener{Listener: ln, size: cfg.sendBuffer}
 	}
-	logger.Info("listening", "addr", ln.Addr().String(), "interval", cfg.stream.Interval,
+	admin := &http.Server{Handler: adminHandler(streams.metrics), ReadHeaderTimeout: cfg.readTimeout}
+	adminAddr := ""
+	if cfg.adminAddr != "" {
+		adminLn, err := net.Listen("tcp", cfg.adminAddr)
+		if err != nil {
+			return fmt.Errorf("listen on %s (-admin-addr): %w", cfg.adminAddr, err)
+		}
+		adminAddr = adminLn.Addr().String()
+		go admin.Serve(adminLn)
+		defer admin.Close()
+	}
+	logger.Info("listening", "addr", ln.Addr().String(), "admin_addr", adminAddr, "interval", cfg.stream.Interval,
 		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
 		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
 		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
-		"idle_timeout", cfg.idleTimeout, "shutdown_timeout", cfg.shutdownTimeout, "verbose", cfg.verbose)
+		"idle_timeout", cfg.idleTimeout, "shutdown_delay", cfg.shutdownDelay, "shutdown_timeout", cfg.shutdownTimeout,
+		"verbose", cfg.verbose)
 
 	served := make(chan error, 1)
 	go func() { served <- app.Listener(ln) }()
+	ready.Store(true)
 	select {
 	case err := <-served:
-		ln.Close()
 		return fmt.Errorf("serve on %s: %w", ln.Addr(), err)
 	case <-ctx.Done():
 	}
 
+	ready.Store(false)
+	if cfg.shutdownDelay > 0 {
+		logger.Info("draining", "open_streams", streams.Clients(), "for", cfg.shutdownDelay)
+		time.Sleep(cfg.shutdownDelay)
+	}
 	start := time.Now()
 	deadline := start.Add(cfg.shutdownTimeout)
 	logger.Info("shutting down", "open_streams", streams.Clients())
@@ -129,9 +149,44 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return nil
 }
 
-// newApp builds the Fiber app with every route, and returns the SSE handler so that
-// callers can read how many streams are open and shut them down.
-func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
+// newLogger returns the logger that cfg asks for: text or JSON lines on w, at debug level
+// with -v.
+func newLogger(w io.Writer, cfg config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	if cfg.verbose {
+		opts.Level = slog.LevelDebug
+	}
+	if cfg.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// version describes the binary from its build information: module version, VCS revision
+// and time, and the Go version.
+func version() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "sse-dashboard (no build information)"
+	}
+	settings := make(map[string]string)
+	for _, s := range info.Settings {
+		settings[s.Key] = s.Value
+	}
+	revision := settings["vcs.revision"]
+	if revision == "" {
+		revision = "unknown"
+	}
+	if settings["vcs.modified"] == "true" {
+		revision += "+modified"
+	}
+	return fmt.Sprintf("sse-dashboard %s revision %s %s %s", info.Main.Version, revision, settings["vcs.time"], info.GoVersion)
+}
+
+// newApp builds the Fiber app with every public route. It returns the SSE handler, so that
+// callers can read how many streams are open, reach its metrics and shut the streams down.
+// /readyz answers 200 while ready holds.
+func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *sseHandler) {
 	app := fiber.New(fiber.Config{
 		DisableStartupMessage: true,
 		ReadTimeout:           cfg.readTimeout,
@@ -153,7 +208,7 @@ func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
 	app.Get("/sse", adaptor.HTTPHandler(recoverStream(streams, logger)))
 	app.Options("/sse", handlePreflight)
 	app.Get("/healthz", handleHealth(streams))
-	app.Get("/debug/vars", adaptor.HTTPHandler(expvar.Handler()))
+	app.Get("/readyz", handleReady(ready))
 	return app, streams
 }
 
@@ -192,6 +247,19 @@ func handleHealth(streams *sseHandler) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		c.Set("Cache-Control", "no-store")
 		return c.JSON(health{Status: "ok", Clients: streams.Clients()})
+	}
+}
+
+// handleReady answers 200 while the server takes new streams and 503 once it is shutting
+// down, so that a load balancer sends new clients elsewhere before the streams end.
+func handleReady(ready *atomic.Bool) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		c.Set("Cache-Control", "no-store")
+		if !ready.Load() {
+			c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
+			return c.Status(fiber.StatusServiceUnavailable).SendString("503 shutting down\n")
+		}
+		return c.SendString("ready\n")
 	}
 }
 

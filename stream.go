@@ -26,6 +26,7 @@ type stream struct {
 	rc     *http.ResponseController
 	cfg    *streamConfig
 	stop   *shutdown
+	m      *metrics
 	name   string       // the client, for the per-event log line
 	logger *slog.Logger // set only when every event is logged
 
@@ -84,7 +85,7 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 				return s.whyWriteFailed(), err
 			}
 			s.keepalive.Reset(s.cfg.Keepalive)
-			keepalivesSent.Add(1)
+			s.m.keepalives.Inc()
 		case <-lifetime:
 			return endMaxLifetime, nil
 		case <-s.stop.done:
@@ -131,7 +132,7 @@ func (s *stream) flushEvents() error {
 	}
 	s.sent += s.pending
 	s.lastID = s.nextID - 1
-	eventsSent.Add(int64(s.pending))
+	s.m.events.Add(float64(s.pending))
 	s.pending = 0
 	return nil
 }
@@ -154,6 +155,7 @@ func (s *stream) write(p []byte) error {
 	// done with them, with an error if the client is gone, so a vanished client shows on
 	// this write rather than on the next. Elsewhere an empty write does nothing.
 	_, err := s.w.Write(nil)
+	s.m.writeTime.Observe(time.Since(s.lastWrite).Seconds())
 	return err
 }
 
