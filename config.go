@@ -12,7 +12,7 @@ import (
 // config is everything the command line and the environment can set.
 type config struct {
 	addr            string
-	adminAddr       string // the operators' listener; empty turns it off
+	adminAddr       string        // the operators' listener; empty turns it off
 	sendBuffer      int           // bytes of kernel send buffer per connection; 0 = kernel default
 	readTimeout     time.Duration // longest time to read a request
 	idleTimeout     time.Duration // longest wait for the next request on a keep-alive connection
