@@ -18,10 +18,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"testing"
 	"time"
 )
 
@@ -187,5 +191,60 @@ func scanSSELines(data []byte, atEOF bool) (advance int, token []byte, err error
 		return i + 1, data[:i], nil
 	default:
 		return 0, nil, nil // a CR last in the buffer: an LF may follow
+	}
+}
+
+func TestSSEClient_FollowsTheStandard(t *testing.T) {
+	// Each request gets the next answer: a stream with every kind of line end, then a stream
+	// cut off mid-event, then a status an EventSource gives up on.
+	answers := []string{
+		"\uFEFFretry: 50\n: hello\nid: 1\ndata: a\n\nid: 2\r\ndata: b\r\ndata: c\r\n\r\nid: 3\revent: tick\rdata: d\r\rid: 4\n\n",
+		"id: 5\ndata: e\n\nid: 6\ndata: cut",
+		"",
+	}
+	var mu sync.Mutex
+	var lastEventIDs []string
+	var requests []time.Time
+	srv := startOtherOrigin(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		n := len(requests)
+		requests = append(requests, time.Now())
+		lastEventIDs = append(lastEventIDs, r.Header.Get("Last-Event-ID"))
+		if n >= 2 || r.Header.Get("Accept") != "text/event-stream" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
+		io.WriteString(w, answers[n])
+	}))
+
+	c := newSSEClient(srv+"/", &http.Client{Timeout: 5 * time.Second})
+	var events []string
+	var comments []string
+	c.onEvent = func(ev sseEvent) { events = append(events, ev.id+" "+ev.typ+" "+strconv.Quote(ev.data)) }
+	c.onComment = func(text string, _ time.Time) { comments = append(comments, text) }
+	err := c.run(context.Background())
+	mu.Lock()
+	defer mu.Unlock()
+
+	var failure *sseFailure
+	if !errors.As(err, &failure) || failure.status != http.StatusNoContent {
+		t.Errorf("run = %v, want an *sseFailure for status 204", err)
+	}
+	want := []string{`1 message "a"`, `2 message "b\nc"`, `3 tick "d"`, `5 message "e"`}
+	if !slices.Equal(events, want) {
+		t.Errorf("events = %q, want %q (the id of a data-less event counts, a cut-off event does not)", events, want)
+	}
+	if !slices.Equal(comments, []string{"hello"}) {
+		t.Errorf("comments = %q, want [hello] (the byte order mark is not part of the first line)", comments)
+	}
+	if !slices.Equal(lastEventIDs, []string{"", "4", "5"}) {
+		t.Errorf("Last-Event-ID of each request = %q, want none, then 4, then 5", lastEventIDs)
+	}
+	for i := 1; i < len(requests); i++ {
+		if gap := requests[i].Sub(requests[i-1]); gap < 50*time.Millisecond {
+			t.Errorf("request %d came %s after the one before, want at least the 50ms of retry:", i+1, gap)
+		}
 	}
 }
