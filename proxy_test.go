@@ -165,6 +165,7 @@ type proxy struct {
 	dir     string // nginx's prefix: configuration, pid file, logs, temporary files
 	pool    *x509.CertPool
 	output  *logBuffer // what nginx writes to stderr
+	cmd     *exec.Cmd
 }
 
 // startNginx runs nginx in the foreground with the shipped configuration, rendered for the
@@ -205,8 +206,8 @@ func startNginx(t *testing.T, replicas []string, edits ...nginxEdit) *proxy {
 		t.Fatal(err)
 	}
 
-	p := &proxy{url: "https://" + httpsAddr, httpURL: "http://" + httpAddr, dir: dir, pool: pool, output: newLogBuffer()}
 	cmd := exec.Command(bin, "-p", dir+"/", "-c", conf, "-e", "stderr", "-g", "daemon off;")
+	p := &proxy{url: "https://" + httpsAddr, httpURL: "http://" + httpAddr, dir: dir, pool: pool, output: newLogBuffer(), cmd: cmd}
 	cmd.Stdout = p.output
 	cmd.Stderr = p.output
 	if err := cmd.Start(); err != nil {
@@ -344,6 +345,7 @@ type follower struct {
 	lastAt     time.Time
 	events     int
 	opens      int
+	openedAt   time.Time // when the last connection opened
 	gaps       []string      // each id that did not follow the one before
 	longest    time.Duration // longest wait from one event to the next, reconnects included
 	longestEnd time.Time     // when that wait ended
@@ -372,6 +374,7 @@ func startFollowers(t *testing.T, p *proxy, url string, n int) *followers {
 		c.onOpen = func(*http.Response) {
 			f.mu.Lock()
 			f.seen[i].opens++
+			f.seen[i].openedAt = time.Now()
 			f.mu.Unlock()
 		}
 		c.onEvent = func(ev sseEvent) {
@@ -690,7 +693,8 @@ func TestProxy_ServesOnlyThePublicRoutes(t *testing.T) {
 		}
 	}
 	// The replica does serve /debug/vars, so the 404 above is nginx's doing.
-	if resp, err := http.Get("http://" + r.addr + "/debug/vars"); err != nil || resp.StatusCode != http.StatusOK {
+	direct := &http.Client{Timeout: 5 * time.Second}
+	if resp, err := direct.Get("http://" + r.addr + "/debug/vars"); err != nil || resp.StatusCode != http.StatusOK {
 		t.Errorf("GET /debug/vars straight from the replica = %v, %v; want 200, or the 404 through nginx proves nothing", resp, err)
 	} else {
 		resp.Body.Close()
@@ -711,6 +715,7 @@ func TestProxy_ServesOnlyThePublicRoutes(t *testing.T) {
 	// keeps a browser's EventSource reconnecting instead of failing for good.
 	r.stop(t)
 	c := newSSEClient(p.url+"/sse", p.client())
+	defer c.client.CloseIdleConnections()
 	var comments []string
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -889,4 +894,32 @@ func TestProxy_KeepaliveOutlivesReadTimeout(t *testing.T) {
 	t.Logf("proxy_read_timeout %s: a stream with -keepalive %s lasted %s on %d comments alone; one with no keepalive was cut after %s (%v)",
 		readTimeout, keepalive, l.comments[len(l.comments)-1].Sub(liveStart).Round(10*time.Millisecond), len(l.comments),
 		s.ended.Sub(silentStart).Round(10*time.Millisecond), s.endErr)
+}
+
+func TestProxy_ReloadMovesStreamsToNewWorkers(t *testing.T) {
+	// The shipped worker_shutdown_timeout is 10s; this test renders 2s.
+	const clients, interval, retry, shutdown = 20, 100 * time.Millisecond, time.Second, 2 * time.Second
+	r := startReplica(t, "-interval", interval.String(), "-retry", retry.String())
+	p := startNginx(t, []string{r.addr}, nginxEdit{"worker_shutdown_timeout 10s;", "worker_shutdown_timeout 2s;"})
+	f := startFollowers(t, p, p.url+"/sse", clients)
+	f.waitAllSince(t, time.Now(), 20*time.Second, fmt.Sprintf("all %d clients receive events", clients))
+
+	reloaded := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatalf("reload nginx: %v", err)
+	}
+	// The old workers hold the streams until worker_shutdown_timeout, then every client
+	// reconnects to a new worker.
+	eventually(t, shutdown+retry+15*time.Second, "every client reconnects after the reload and gets events", func() bool {
+		for _, s := range f.snapshot() {
+			if s.opens < 2 || !s.openedAt.After(reloaded) || !s.lastAt.After(s.openedAt) {
+				return false
+			}
+		}
+		return true
+	})
+	waits := f.check(t, shutdown+retry+2*interval+2*time.Second)
+	t.Logf("nginx reload with worker_shutdown_timeout %s: %d clients reconnected to the new workers, ids unbroken; "+
+		"longest wait for an event per client: median %s, max %s (-retry %s)",
+		shutdown, clients, quantile(waits, 0.5).Round(time.Millisecond), waits[len(waits)-1].Round(time.Millisecond), retry)
 }
