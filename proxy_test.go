@@ -350,8 +350,8 @@ type follower struct {
 	lastAt     time.Time
 	events     int
 	opens      int
-	openedAt   time.Time // when the last connection opened
-	fallbacks  int       // streams that nginx answered itself because no replica did
+	openedAt   time.Time     // when the last connection opened
+	fallbacks  int           // streams that nginx answered itself because no replica did
 	gaps       []string      // each id that did not follow the one before
 	longest    time.Duration // longest wait from one event to the next, reconnects included
 	longestEnd time.Time     // when that wait ended
@@ -449,26 +449,41 @@ func (f *followers) waitAllSince(t *testing.T, since time.Time, within time.Dura
 	})
 }
 
-// check fails the test for every client that gave up, saw an id out of order, met no
-// replica, or waited longer than maxWait between two events, and returns the longest
-// waits, sorted.
+// check fails the test if any client gave up, saw an id out of order, met no replica, or
+// waited longer than maxWait between two events, naming the first few of each; it returns
+// every client's longest wait, sorted.
 func (f *followers) check(t *testing.T, maxWait time.Duration) []time.Duration {
 	t.Helper()
+	var failed, gapped, fellBack, slow []string
 	var waits []time.Duration
-	for i, s := range f.snapshot() {
+	seen := f.snapshot()
+	for i, s := range seen {
 		if s.failure != nil {
-			t.Errorf("client %d gave up: %v", i, s.failure)
+			failed = append(failed, fmt.Sprintf("client %d: %v", i, s.failure))
 		}
 		if len(s.gaps) > 0 {
-			t.Errorf("client %d: ids %s, want each id one more than the last (ids go on across reconnects)", i, strings.Join(s.gaps, ", "))
+			gapped = append(gapped, fmt.Sprintf("client %d: ids %s", i, strings.Join(s.gaps, ", ")))
 		}
 		if s.fallbacks > 0 {
-			t.Errorf("client %d found no replica %d times, want a replica every time one was up", i, s.fallbacks)
+			fellBack = append(fellBack, fmt.Sprintf("client %d: %d times", i, s.fallbacks))
 		}
 		if s.longest > maxWait {
-			t.Errorf("client %d waited %s for an event (until %s), want at most %s", i, s.longest.Round(time.Millisecond), s.longestEnd.Format("15:04:05.000"), maxWait)
+			slow = append(slow, fmt.Sprintf("client %d: %s until %s", i, s.longest.Round(time.Millisecond), s.longestEnd.Format("15:04:05.000")))
 		}
 		waits = append(waits, s.longest)
+	}
+	for _, c := range []struct {
+		want   string
+		broken []string
+	}{
+		{"want none to give up", failed},
+		{"want each id one more than the last, across reconnects too", gapped},
+		{"want a replica every time one was up, never nginx's own answer", fellBack},
+		{fmt.Sprintf("want no wait for an event over %s", maxWait), slow},
+	} {
+		if len(c.broken) > 0 {
+			t.Errorf("%d of %d clients: %s, ...; %s", len(c.broken), len(seen), strings.Join(c.broken[:min(5, len(c.broken))], "; "), c.want)
+		}
 	}
 	slices.Sort(waits)
 	return waits
