@@ -88,9 +88,9 @@ type consoleExcuse struct {
 }
 
 // newBrowser starts Chromium for the test, offline and sandboxless (the tests run as root),
-// and closes it when the test ends. Start the servers the page talks to before it, so that
-// the browser is gone before they stop.
-func newBrowser(t *testing.T) *browser {
+// with flags on top, and closes it when the test ends. Start the servers the page talks to
+// before it, so that the browser is gone before they stop.
+func newBrowser(t *testing.T, flags ...chromedp.ExecAllocatorOption) *browser {
 	t.Helper()
 	execPath := chromePath(t)
 	ctx, cancelTimeout := context.WithTimeout(context.Background(), browserTestTimeout)
@@ -107,6 +107,7 @@ func newBrowser(t *testing.T) *browser {
 		chromedp.Flag("no-first-run", true),
 		chromedp.Flag("disable-quic", true),
 	)
+	opts = append(opts, flags...)
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
 	tabCtx, cancelTab := chromedp.NewContext(allocCtx)
 	t.Cleanup(func() {
