@@ -458,7 +458,9 @@ func TestRun_StopsWhenCancelledAsSoonAsItListens(t *testing.T) {
 		logs := newLogBuffer()
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- run(ctx, []string{"-addr", "127.0.0.1:0"}, func(string) string { return "" }, logs) }()
+		go func() {
+			done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, func(string) string { return "" }, logs)
+		}()
 		logs.waitFor(t, regexp.MustCompile(`msg=(listening)`), 5*time.Second)
 		cancel()
 		select {

@@ -193,7 +193,7 @@ func startNginx(t *testing.T, replicas []string, edits ...nginxEdit) *proxy {
 		{"access_log /var/log/nginx/access.log replicas;", "access_log " + filepath.Join(dir, "access.log") + " replicas;"},
 		{"http {\n", "http {\n" + temp.String()},
 		{"server 127.0.0.1:3000 ", "server " + replicas[0] + " "},
-		{"server 127.0.0.1:3001 ", "server " + replicas[1] + " "},
+		{"server 127.0.0.1:3002 ", "server " + replicas[1] + " "},
 		{"listen 80;", "listen " + httpAddr + ";"},
 		{"        listen [::]:80;\n", ""},
 		{"listen 443 ssl http2;", "listen " + httpsAddr + " ssl http2;"},
@@ -707,6 +707,7 @@ func TestProxy_ServesOnlyThePublicRoutes(t *testing.T) {
 		{"/app.js", http.StatusOK, "javascript"},
 		{"/style.css", http.StatusOK, "text/css"},
 		{"/healthz", http.StatusOK, "application/json"},
+		{"/readyz", http.StatusNotFound, ""},
 		{"/debug/vars", http.StatusNotFound, ""},
 		{"/debug/pprof/", http.StatusNotFound, ""},
 		{"/metrics", http.StatusNotFound, ""},
@@ -720,14 +721,14 @@ func TestProxy_ServesOnlyThePublicRoutes(t *testing.T) {
 		if resp.ProtoMajor != 2 {
 			t.Errorf("GET %s through nginx spoke %s, want HTTP/2", tt.path, resp.Proto)
 		}
-		if tt.path == "/debug/vars" && strings.Contains(body, "clients_total") {
-			t.Errorf("GET /debug/vars through nginx shows the replica's counters: %q", body)
+		if tt.path == "/readyz" && strings.Contains(body, "ready") {
+			t.Errorf("GET /readyz through nginx shows the replica's answer: %q", body)
 		}
 	}
-	// The replica does serve /debug/vars, so the 404 above is nginx's doing.
+	// The replica does serve /readyz, so the 404 above is nginx's doing.
 	direct := &http.Client{Timeout: 5 * time.Second}
-	if resp, err := direct.Get("http://" + r.addr + "/debug/vars"); err != nil || resp.StatusCode != http.StatusOK {
-		t.Errorf("GET /debug/vars straight from the replica = %v, %v; want 200, or the 404 through nginx proves nothing", resp, err)
+	if resp, err := direct.Get("http://" + r.addr + "/readyz"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /readyz straight from the replica = %v, %v; want 200, or the 404 through nginx proves nothing", resp, err)
 	} else {
 		resp.Body.Close()
 	}
