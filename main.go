@@ -3,17 +3,20 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"embed"
 	"errors"
 	"expvar"
 	"flag"
 	"fmt"
+	"html"
 	"io"
 	"log/slog"
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path"
@@ -122,7 +125,7 @@ func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
 	app.Use(recover.New(), rejectAmbiguousPaths)
 
 	streams := handleSSE(cfg.stream, logger, cfg.verbose)
-	page := handlePage()
+	page := handlePage(pageOrigins(cfg.pageSources))
 
 	app.Get("/", page)
 	app.Get("/app.js", page)
@@ -194,7 +197,10 @@ func handleHealth(streams *sseHandler) fiber.Handler {
 }
 
 // handlePage serves the embedded page and its assets, so the binary runs from any directory.
-func handlePage() fiber.Handler {
+// origins are the other origins whose streams the page may show (-page-sources): the
+// Content-Security-Policy lets it connect to them alone, and the page reads them from its
+// page-sources meta tag, filled in here once, so the page stays the same for the life of the process.
+func handlePage(origins []string) fiber.Handler {
 	type file struct {
 		body        []byte
 		contentType string
@@ -211,12 +217,21 @@ func handlePage() fiber.Handler {
 		}
 		files["/"+entry.Name()] = file{body, mime.TypeByExtension(path.Ext(entry.Name()))}
 	}
-	files["/"] = files["/index.html"]
-	// The page may run only its own script and style, while ?src= may still point its
-	// EventSource at another origin.
+	const emptySources = `<meta name="page-sources" content="">`
+	index := files["/index.html"]
+	if bytes.Count(index.body, []byte(emptySources)) != 1 {
+		panic("web/index.html must hold " + emptySources + " once")
+	}
+	sources := `<meta name="page-sources" content="` + html.EscapeString(strings.Join(origins, " ")) + `">`
+	index.body = bytes.Replace(index.body, []byte(emptySources), []byte(sources), 1)
+	files["/index.html"] = index
+	files["/"] = index
+	// The page may run only its own script and style, and open streams only on its own
+	// origin and those that -page-sources lists.
 	headers := map[string]string{
 		"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-			"connect-src 'self' http: https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+			"connect-src " + strings.Join(append([]string{"'self'"}, origins...), " ") +
+			"; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
 		"X-Content-Type-Options": "nosniff",
 		"Referrer-Policy":        "no-referrer",
 		"Cache-Control":          "no-cache",
@@ -259,6 +274,7 @@ type config struct {
 	idleTimeout     time.Duration // longest wait for the next request on a keep-alive connection
 	shutdownTimeout time.Duration
 	verbose         bool
+	pageSources     string // comma-separated origins besides its own whose streams the page may show
 	stream          streamConfig
 }
 
@@ -285,6 +301,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 60*time.Second, "longest wait for the next request on a keep-alive connection")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long shutdown may take")
 	fs.BoolVar(&cfg.verbose, "v", false, "log every event")
+	fs.StringVar(&cfg.pageSources, "page-sources", "", "comma-separated origins (https://a.example,http://127.0.0.1:8081) whose streams the page's ?src= may show, besides its own")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -353,6 +370,49 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -max-clients %d: must be at least 1", cfg.stream.MaxClients)
 	case cfg.addr == "":
 		return errors.New("invalid -addr: must not be empty")
+	}
+	for _, origin := range pageOrigins(cfg.pageSources) {
+		if err := checkOrigin(origin); err != nil {
+			return fmt.Errorf("invalid -page-sources entry %q: %w", origin, err)
+		}
+	}
+	return nil
+}
+
+// pageOrigins splits the -page-sources list at commas, dropping spaces and empty entries.
+func pageOrigins(list string) []string {
+	var origins []string
+	for origin := range strings.SplitSeq(list, ",") {
+		if origin = strings.TrimSpace(origin); origin != "" {
+			origins = append(origins, origin)
+		}
+	}
+	return origins
+}
+
+// checkOrigin accepts an origin only as a browser writes it (scheme://host[:port], lower
+// case, no default port, no path), because the page compares it with URL.origin and the
+// Content-Security-Policy quotes it as it is.
+func checkOrigin(origin string) error {
+	u, err := url.Parse(origin)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return errors.New("want an http or https origin such as https://a.example")
+	}
+	host := u.Hostname()
+	if host == "" || strings.ContainsFunc(host, func(r rune) bool {
+		return (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '.' && r != '-' && r != ':'
+	}) {
+		return errors.New("want a host name or IP address, in lower case, without wildcards")
+	}
+	want := u.Scheme + "://" + u.Host
+	if port := u.Port(); (u.Scheme == "http" && port == "80") || (u.Scheme == "https" && port == "443") {
+		want = u.Scheme + "://" + strings.TrimSuffix(u.Host, ":"+port)
+	}
+	if origin != want {
+		return fmt.Errorf("want the bare origin %q (no path, query, user or default port)", want)
 	}
 	return nil
 }
