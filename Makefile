@@ -14,7 +14,7 @@ run: ## serve the dashboard at http://localhost:3000
 	$(GO) run .
 
 build: ## build ./sse-dashboard
-	$(GO) build -o sse-dashboard .
+	$(GO) build -buildvcs=true -o sse-dashboard .
 
 test: lint ## vet, every test with the race detector, then a short fuzz run
 	@test -n "$$CHROME_PATH" || command -v chromium >/dev/null || echo "*** chromium not found: the browser tests will be SKIPPED (apt-get install chromium) ***"

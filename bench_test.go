@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,10 +58,16 @@ func serveComparison(kind string, args []string) error {
 	fmt.Printf("msg=listening addr=%s\n", ln.Addr())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	// What sample reads from /debug/vars; the service itself reports both in its metrics.
+	var open func() int64
+	expvar.Publish("clients", expvar.Func(func() any { return open() }))
+	expvar.Publish("goroutines", expvar.Func(func() any { return runtime.NumGoroutine() }))
 	switch kind {
 	case "net/http":
+		streams := handleSSE(cfg.stream, logger)
+		open = streams.Clients
 		mux := http.NewServeMux()
-		mux.Handle("GET /sse", handleSSE(cfg.stream, logger, false))
+		mux.Handle("GET /sse", streams)
 		mux.Handle("GET /debug/vars", expvar.Handler())
 		// Requests share ctx, so that streams end at shutdown as they do under Fiber.
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: cfg.readTimeout,
@@ -70,7 +77,9 @@ func serveComparison(kind string, args []string) error {
 		return srv.Shutdown(context.Background())
 	case "fiber-native":
 		app := fiber.New(fiber.Config{DisableStartupMessage: true, ReadTimeout: cfg.readTimeout})
-		app.Get("/sse", fiberNativeStream(cfg.stream))
+		var streams atomic.Int64
+		open = streams.Load
+		app.Get("/sse", fiberNativeStream(cfg.stream, &streams))
 		app.Get("/debug/vars", adaptor.HTTPHandler(expvar.Handler()))
 		go app.Listener(ln)
 		<-ctx.Done()
@@ -82,7 +91,7 @@ func serveComparison(kind string, args []string) error {
 // fiberNativeStream is the same stream written with fasthttp's SetBodyStreamWriter instead
 // of net/http and the adaptor: the same producer, framing, batching and keepalive, without
 // the write deadline, the client limit and the logs, which that API has no place for.
-func fiberNativeStream(cfg streamConfig) fiber.Handler {
+func fiberNativeStream(cfg streamConfig, open *atomic.Int64) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		c.Set("Content-Type", "text/event-stream")
 		c.Set("Cache-Control", "no-cache")
@@ -90,8 +99,8 @@ func fiberNativeStream(cfg streamConfig) fiber.Handler {
 		// The writer runs after the handler returns, when c may serve another request.
 		shutdown, name := c.Context().Done(), c.Context().RemoteAddr().String()
 		c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-			clientsOpen.Add(1)
-			defer clientsOpen.Add(-1)
+			open.Add(1)
+			defer open.Add(-1)
 			client := newClient(name, cfg.Buffer)
 			ctx, stop := context.WithCancel(context.Background())
 			defer stop()
@@ -116,12 +125,10 @@ func fiberNativeStream(cfg streamConfig) fiber.Handler {
 				select {
 				case ev := <-client.events:
 					buf = buf[:0]
-					n := 0
 					for {
 						data = ev.AppendJSON(data[:0])
 						buf = appendEvent(buf, id, data)
 						id++
-						n++
 						if len(client.events) == 0 {
 							break
 						}
@@ -130,7 +137,6 @@ func fiberNativeStream(cfg streamConfig) fiber.Handler {
 					if !write(buf) {
 						return
 					}
-					eventsSent.Add(int64(n))
 				case <-keepalive.C:
 					if silent := time.Since(lastWrite); silent < cfg.Keepalive {
 						keepalive.Reset(cfg.Keepalive - silent)
@@ -287,7 +293,8 @@ type procSample struct {
 	goroutines, client     int
 }
 
-// sample reads the server's RSS from /proc and its heap, goroutines and clients from expvar.
+// sample reads the server's RSS from /proc, its heap from expvar, and its goroutines and
+// clients from its metrics (the service) or from expvar (the comparison servers).
 func sample(b testing.TB, proc *serverProcess) procSample {
 	b.Helper()
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", proc.cmd.Process.Pid))
@@ -295,7 +302,11 @@ func sample(b testing.TB, proc *serverProcess) procSample {
 		b.Fatal(err)
 	}
 	rss, _ := strconv.ParseFloat(string(regexp.MustCompile(`VmRSS:\s+(\d+)`).FindSubmatch(status)[1]), 64)
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(proc.url + "/debug/vars")
+	varsURL := proc.url
+	if proc.adminURL != "" {
+		varsURL = proc.adminURL
+	}
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(varsURL + "/debug/vars")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -311,7 +322,12 @@ func sample(b testing.TB, proc *serverProcess) procSample {
 	if err := json.NewDecoder(resp.Body).Decode(&vars); err != nil {
 		b.Fatal(err)
 	}
-	return procSample{rssKB: rss, heapKB: vars.Memstats.HeapInuse / 1024, stackKB: vars.Memstats.StackInuse / 1024, goroutines: vars.Goroutines, client: vars.Clients}
+	s := procSample{rssKB: rss, heapKB: vars.Memstats.HeapInuse / 1024, stackKB: vars.Memstats.StackInuse / 1024, goroutines: vars.Goroutines, client: vars.Clients}
+	if proc.adminURL != "" {
+		m := scrape(b, proc.adminURL)
+		s.goroutines, s.client = int(m["go_goroutines"]), int(m["sse_streams_open"])
+	}
+	return s
 }
 
 // waitClients waits until the server reports n open streams.

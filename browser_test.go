@@ -916,7 +916,8 @@ func TestBrowser_HostileDataRendersInert(t *testing.T) {
 }
 
 func TestBrowser_ReconnectResumesAfterLastEventID(t *testing.T) {
-	srv := startServer(t, "-interval", "50ms", "-max-lifetime", "1s", "-retry", "200ms")
+	// -v logs each connect, with the id it resumed after.
+	srv := startServer(t, "-interval", "50ms", "-max-lifetime", "1s", "-retry", "200ms", "-v")
 	b := newBrowser(t)
 
 	b.navigate(t, srv.url+"/")
@@ -931,7 +932,7 @@ func TestBrowser_ReconnectResumesAfterLastEventID(t *testing.T) {
 
 	// The server's side: the second stream started where the first one ended.
 	connected := regexp.MustCompile(`msg="client connected" .*last_event_id=(\d+) resumed=(\w+)`)
-	disconnected := regexp.MustCompile(`msg="client disconnected" .*last_id=(\d+) reason="([^"]*)"`)
+	disconnected := regexp.MustCompile(`msg="client disconnected" .*last_id=(\d+) reason=(\S+)`)
 	var connects []string // "last_event_id resumed" of each connect, in order
 	firstEnd := ""        // last_id of the first stream that ended at max lifetime
 	resumeAfterEnd := ""  // the first connect after that end
@@ -943,7 +944,7 @@ func TestBrowser_ReconnectResumesAfterLastEventID(t *testing.T) {
 			}
 		}
 		if m := disconnected.FindStringSubmatch(line); m != nil && firstEnd == "" {
-			if m[2] != endMaxLifetime {
+			if m[2] != string(endMaxLifetime) {
 				t.Errorf("first stream ended with reason %q, want %q", m[2], endMaxLifetime)
 			}
 			firstEnd = m[1]
@@ -961,7 +962,8 @@ func TestBrowser_ReconnectResumesAfterLastEventID(t *testing.T) {
 }
 
 func TestBrowser_SurvivesServerRestartOnSamePort(t *testing.T) {
-	flags := []string{"-interval", "50ms", "-retry", "200ms"}
+	// -v logs each connect, with the id it resumed after.
+	flags := []string{"-interval", "50ms", "-retry", "200ms", "-v"}
 	srv := startServer(t, flags...)
 	b := newBrowser(t)
 
@@ -1251,7 +1253,7 @@ func TestBrowser_BacksOffWhenBrowserGivesUpThenResumes(t *testing.T) {
 }
 
 func TestBrowser_WorksUnderAPathPrefix(t *testing.T) {
-	flags := []string{"-interval", "50ms", "-retry", "200ms"}
+	flags := []string{"-interval", "50ms", "-retry", "200ms", "-v"} // -v logs each connect with its last event id
 	srv := startServer(t, flags...)
 	target, err := url.Parse(srv.url)
 	if err != nil {
@@ -1261,8 +1263,17 @@ func TestBrowser_WorksUnderAPathPrefix(t *testing.T) {
 		Rewrite:  func(r *httputil.ProxyRequest) { r.SetURL(target) },
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
+	var mu sync.Mutex
+	var streamRequests []string // query and Last-Event-ID of each request for the stream
 	mux := http.NewServeMux()
-	mux.Handle("/app/", http.StripPrefix("/app", proxy))
+	mux.Handle("/app/", http.StripPrefix("/app", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/sse" {
+			mu.Lock()
+			streamRequests = append(streamRequests, fmt.Sprintf("query %q header %q", r.URL.RawQuery, r.Header.Get("Last-Event-ID")))
+			mu.Unlock()
+		}
+		proxy.ServeHTTP(w, r)
+	})))
 	base := startOtherOrigin(t, mux) + "/app/"
 	b := newBrowser(t)
 
@@ -1290,5 +1301,12 @@ func TestBrowser_WorksUnderAPathPrefix(t *testing.T) {
 	checkNoGap(t, d)
 	if want := fmt.Sprintf("last_event_id=%d resumed=true", down.Events); srv2.logs.count(want) != 1 {
 		t.Errorf("restarted server's log has %d connects with %q, want 1; log:\n%s", srv2.logs.count(want), want, srv2.logs)
+	}
+	// The page's own retries carried the last id in the URL, as a new EventSource cannot
+	// send Last-Event-ID.
+	mu.Lock()
+	defer mu.Unlock()
+	if want := fmt.Sprintf("query %q header %q", fmt.Sprintf("lastEventID=%d", down.Events), ""); !slices.Contains(streamRequests, want) {
+		t.Errorf("requests for the stream: %q, want one with %s", streamRequests, want)
 	}
 }

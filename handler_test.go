@@ -3,12 +3,15 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,7 +29,13 @@ type sseStream struct {
 // openStream opens GET /sse with header and checks that it is an event stream.
 func openStream(t *testing.T, baseURL string, header http.Header) *sseStream {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, baseURL+"/sse", nil)
+	return openStreamAt(t, baseURL+"/sse", header)
+}
+
+// openStreamAt is openStream for the stream at url.
+func openStreamAt(t *testing.T, url string, header http.Header) *sseStream {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,6 +279,7 @@ func TestStream_PreflightAllowsAnyOrigin(t *testing.T) {
 
 func TestStream_ManyEventsOnOneConnection(t *testing.T) {
 	srv := startServer(t, "-interval", "2ms")
+	before := metric(t, srv.adminURL, "sse_streams_opened_total")
 	stream := openStream(t, srv.url, nil)
 	stream.next(t)
 	for want := uint64(1); want <= 300; want++ {
@@ -281,8 +291,8 @@ func TestStream_ManyEventsOnOneConnection(t *testing.T) {
 			t.Fatalf("event %d has type %q, want none (so onmessage receives it)", want, ev.event)
 		}
 	}
-	if got := srv.logs.count("client connected"); got != 1 {
-		t.Errorf("%d connections served 300 events, want 1", got)
+	if got := metric(t, srv.adminURL, "sse_streams_opened_total") - before; got != 1 {
+		t.Errorf("%v streams served 300 events, want 1", got)
 	}
 }
 
@@ -322,6 +332,63 @@ func TestStream_LastEventID(t *testing.T) {
 			}
 			stream.close()
 		})
+	}
+}
+
+func TestStream_ResumesAfterLastEventIDQuery(t *testing.T) {
+	srv := startServer(t, "-interval", "5ms")
+	tests := []struct {
+		name, query, header string
+		want                uint64
+	}{
+		{"query alone", "?lastEventID=41", "", 42},
+		{"header wins over query", "?lastEventID=41", "99", 100},
+		{"invalid query", "?lastEventID=x", "", 1},
+		{"other parameters", "?src=a&lastEventID=7", "", 8},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			header := http.Header{}
+			if tt.header != "" {
+				header.Set("Last-Event-ID", tt.header)
+			}
+			stream := openStreamAt(t, srv.url+"/sse"+tt.query, header)
+			stream.next(t)
+			if ev := stream.nextEvent(t); ev.id != strconv.FormatUint(tt.want, 10) {
+				t.Fatalf("GET /sse%s with Last-Event-ID %q: first id %q, want %d", tt.query, tt.header, ev.id, tt.want)
+			}
+		})
+	}
+}
+
+func TestStream_ShutdownEndsStreamsUnderNetHTTP(t *testing.T) {
+	cfg, err := parseConfig([]string{"-interval", "1h", "-keepalive", "1h"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := handleSSE(cfg.stream, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	// net/http never ends a request's context on its own shutdown: the handler's own
+	// signal must end the streams.
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	streams := make([]*sseStream, 3)
+	for i := range streams {
+		streams[i] = openStream(t, srv.URL, nil)
+		streams[i].next(t)
+	}
+	h.Shutdown(time.Now().Add(time.Second))
+	for i, s := range streams {
+		if err := s.readToEnd(); err != nil {
+			t.Errorf("stream %d ended with %v, want a clean end", i, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.Wait(ctx); err != nil {
+		t.Fatalf("Wait after Shutdown = %v, want every stream ended", err)
+	}
+	if got := h.Clients(); got != 0 {
+		t.Errorf("%d streams open after Shutdown, want 0", got)
 	}
 }
 
@@ -406,7 +473,9 @@ func TestStream_MaxLifetimeEndsAndNextResumes(t *testing.T) {
 	if frames < 5 {
 		t.Fatalf("got %d events before the end, want several", frames)
 	}
-	srv.logs.waitFor(t, regexp.MustCompile(`reason="(max lifetime reached)"`), 5*time.Second)
+	eventually(t, 5*time.Second, "the server counts the stream's end", func() bool {
+		return metric(t, srv.adminURL, `sse_streams_ended_total{reason="max_lifetime"}`) == 1
+	})
 	last, _ := strconv.ParseUint(lastID, 10, 64)
 	next := openStream(t, srv.url, http.Header{"Last-Event-ID": {lastID}})
 	next.next(t)
@@ -454,8 +523,8 @@ func TestStream_VanishedClientLeavesNoGoroutines(t *testing.T) {
 			if got := srv.healthClients(t); got != 0 {
 				t.Errorf("/healthz clients = %d after every client left, want 0", got)
 			}
-			if got := srv.logs.count(`reason="client gone"`); got != clients {
-				t.Errorf("%d streams logged that the client was gone, want %d", got, clients)
+			if got := metric(t, srv.adminURL, `sse_streams_ended_total{reason="client_gone"}`); got != clients {
+				t.Errorf("%v streams ended with the client gone, want %d", got, clients)
 			}
 		})
 	}

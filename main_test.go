@@ -7,6 +7,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"io"
 	"net"
 	"net/http"
@@ -65,10 +67,11 @@ func runMainProfiled(path string) {
 
 // serverProcess is the command running in a process of its own.
 type serverProcess struct {
-	cmd    *exec.Cmd
-	url    string
-	logs   *logBuffer
-	exited chan struct{}
+	cmd      *exec.Cmd
+	url      string
+	adminURL string // empty for servers without an admin listener
+	logs     *logBuffer
+	exited   chan struct{}
 }
 
 // startProcess starts the command with args (after -addr 127.0.0.1:0) in a new process
@@ -82,7 +85,7 @@ func startProcess(t testing.TB, args ...string) *serverProcess {
 func startProcessAs(t testing.TB, env string, args ...string) *serverProcess {
 	t.Helper()
 	logs := newLogBuffer()
-	cmd := exec.Command(os.Args[0], append([]string{"-addr", "127.0.0.1:0"}, args...)...)
+	cmd := exec.Command(os.Args[0], append([]string{"-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, args...)...)
 	// GORACE: a race-enabled binary otherwise sleeps a second before it exits, which
 	// would count against every shutdown time measured here.
 	cmd.Env = []string{env, "CPUPROFILE=" + os.Getenv("CPUPROFILE"), "GORACE=atexit_sleep_ms=0"}
@@ -103,7 +106,7 @@ func startProcessAs(t testing.TB, env string, args ...string) *serverProcess {
 			t.Logf("server process log:\n%s", logs.String())
 		}
 	})
-	p.url = "http://" + logs.waitFor(t, regexp.MustCompile(`msg=listening addr=(\S+)`), 10*time.Second)
+	p.url, p.adminURL = waitListening(t, logs, 10*time.Second)
 	return p
 }
 
@@ -113,20 +116,94 @@ func (p *serverProcess) signal(t testing.TB, sig os.Signal, within time.Duration
 	t.Helper()
 	start := time.Now()
 	p.cmd.Process.Signal(sig)
+	p.wait(t, within)
+	return time.Since(start)
+}
+
+// wait waits for the process to exit, failing the test if that takes longer than within.
+func (p *serverProcess) wait(t testing.TB, within time.Duration) {
+	t.Helper()
 	select {
 	case <-p.exited:
 	case <-time.After(within):
-		t.Fatalf("the process did not exit within %s of %s", within, sig)
+		t.Fatalf("the process did not exit within %s", within)
 	}
-	return time.Since(start)
+}
+
+// listeningLine is the log line that names the addresses a server listens on; servers
+// without an admin listener leave admin_addr out.
+var listeningLine = regexp.MustCompile(`msg=listening addr=(\S+)(?: admin_addr=(\S*))?|"msg":"listening","addr":"([^"]+)","admin_addr":"([^"]*)"`)
+
+// waitListening waits for the server's listening line and returns its base URL and its
+// admin listener's, if it has one.
+func waitListening(t testing.TB, logs *logBuffer, within time.Duration) (url, adminURL string) {
+	t.Helper()
+	logs.waitFor(t, listeningLine, within)
+	m := listeningLine.FindStringSubmatch(logs.String())
+	addr, admin := m[1]+m[3], m[2]+m[4]
+	if admin != "" && admin != `""` {
+		adminURL = "http://" + admin
+	}
+	return "http://" + addr, adminURL
+}
+
+// scrape reads the metrics that the admin listener at adminURL serves, parsed as the
+// Prometheus text format, each sample under its name and labels as the format writes
+// them: sse_streams_ended_total{reason="shutdown"}.
+func scrape(t testing.TB, adminURL string) map[string]float64 {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(adminURL + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics is not the Prometheus text format: %v", err)
+	}
+	samples := make(map[string]float64)
+	for name, family := range families {
+		for _, m := range family.GetMetric() {
+			key := name
+			if labels := m.GetLabel(); len(labels) > 0 {
+				pairs := make([]string, len(labels))
+				for i, l := range labels {
+					pairs[i] = fmt.Sprintf("%s=%q", l.GetName(), l.GetValue())
+				}
+				key += "{" + strings.Join(pairs, ",") + "}"
+			}
+			switch {
+			case m.Counter != nil:
+				samples[key] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				samples[key] = m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				samples[key+"_count"] = float64(m.GetHistogram().GetSampleCount())
+				samples[key+"_sum"] = m.GetHistogram().GetSampleSum()
+			}
+		}
+	}
+	return samples
+}
+
+// metric returns one sample that scrape finds, failing the test if there is none.
+func metric(t testing.TB, adminURL, key string) float64 {
+	t.Helper()
+	v, ok := scrape(t, adminURL)[key]
+	if !ok {
+		t.Fatalf("/metrics has no sample %s", key)
+	}
+	return v
 }
 
 // testServer is the whole service started by run on a free loopback port.
 type testServer struct {
-	url    string
-	logs   *logBuffer
-	cancel context.CancelFunc
-	done   chan error
+	url      string
+	adminURL string
+	logs     *logBuffer
+	cancel   context.CancelFunc
+	done     chan error
 }
 
 // startServer runs the service in-process on 127.0.0.1:0 with args (the environment is
@@ -136,11 +213,10 @@ func startServer(t *testing.T, args ...string) *testServer {
 	logs := newLogBuffer()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv := &testServer{logs: logs, cancel: cancel, done: make(chan error, 1)}
-	args = append([]string{"-addr", "127.0.0.1:0"}, args...)
+	args = append([]string{"-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, args...)
 	go func() { srv.done <- run(ctx, args, func(string) string { return "" }, logs) }()
 
-	addr := logs.waitFor(t, regexp.MustCompile(`msg=listening addr=(\S+)`), 5*time.Second)
-	srv.url = "http://" + addr
+	srv.url, srv.adminURL = waitListening(t, logs, 5*time.Second)
 	t.Cleanup(func() {
 		if err := srv.stop(t, 10*time.Second); err != nil {
 			t.Errorf("run returned %v, want nil", err)
@@ -339,7 +415,7 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 	}{
 		{"defaults", nil, nil, func(c config) bool {
 			return c == config{
-				addr: ":3000", sendBuffer: 64 << 10, readTimeout: 10 * time.Second, idleTimeout: time.Minute,
+				addr: ":3000", adminAddr: "127.0.0.1:3001", logFormat: "text", sendBuffer: 64 << 10, readTimeout: 10 * time.Second, idleTimeout: time.Minute,
 				shutdownTimeout: 5 * time.Second,
 				stream: streamConfig{Interval: time.Second, Keepalive: 15 * time.Second, Retry: 3 * time.Second,
 					WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000},
@@ -380,9 +456,30 @@ func TestConfig_HelpListsEveryFlag(t *testing.T) {
 	for _, want := range []string{"-addr (ADDR", `":3000"`, "-interval (INTERVAL", "-keepalive (KEEPALIVE",
 		"-retry (RETRY", "-max-lifetime (MAX_LIFETIME", "-write-timeout (WRITE_TIMEOUT", "-buffer (BUFFER",
 		"-max-clients (MAX_CLIENTS", "-send-buffer (SEND_BUFFER", "-read-timeout (READ_TIMEOUT",
-		"-idle-timeout (IDLE_TIMEOUT", "-shutdown-timeout (SHUTDOWN_TIMEOUT", "-v (VERBOSE", "-page-sources (PAGE_SOURCES"} {
+		"-idle-timeout (IDLE_TIMEOUT", "-shutdown-timeout (SHUTDOWN_TIMEOUT", "-v (VERBOSE", "-admin-addr (ADMIN_ADDR",
+		"-shutdown-delay (SHUTDOWN_DELAY", "-log-format (LOG_FORMAT", "-version\n", "-page-sources (PAGE_SOURCES"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("-h output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestRun_StopsWhenCancelledAsSoonAsItListens(t *testing.T) {
+	// A cancellation can come before Serve has taken the listener.
+	for i := range 20 {
+		logs := newLogBuffer()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- run(ctx, []string{"-addr", "127.0.0.1:0"}, func(string) string { return "" }, logs) }()
+		logs.waitFor(t, regexp.MustCompile(`msg=(listening)`), 5*time.Second)
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("run %d = %v, want nil", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("run %d did not return within 5s of a cancellation right after it listened", i)
 		}
 	}
 }
@@ -410,7 +507,7 @@ func TestRoutes_StatusCodes(t *testing.T) {
 		{http.MethodGet, "/app.js", nil, http.StatusOK},
 		{http.MethodGet, "/style.css", nil, http.StatusOK},
 		{http.MethodGet, "/healthz", nil, http.StatusOK},
-		{http.MethodGet, "/debug/vars", nil, http.StatusOK},
+		{http.MethodGet, "/readyz", nil, http.StatusOK},
 		{http.MethodOptions, "/sse", nil, http.StatusNoContent},
 		{http.MethodPost, "/sse", nil, http.StatusMethodNotAllowed},
 		{http.MethodDelete, "/healthz", nil, http.StatusMethodNotAllowed},
@@ -487,46 +584,6 @@ func TestRoutes_PageSourcesInCSPAndPage(t *testing.T) {
 	}
 }
 
-func TestRoutes_HealthAndCounters(t *testing.T) {
-	srv := startServer(t, "-interval", "5ms")
-	// The counters are process-wide, and other tests move them too: compare before and after.
-	vars := func() map[string]float64 {
-		_, body := srv.get(t, http.MethodGet, "/debug/vars", nil)
-		var v map[string]any
-		if err := json.Unmarshal([]byte(body), &v); err != nil {
-			t.Fatalf("/debug/vars is not JSON: %v", err)
-		}
-		counters := make(map[string]float64)
-		for _, name := range []string{"clients", "clients_total", "events_sent", "keepalives_sent", "rejected", "goroutines"} {
-			n, ok := v[name].(float64)
-			if !ok {
-				t.Errorf("/debug/vars lacks the number %q", name)
-			}
-			counters[name] = n
-		}
-		return counters
-	}
-	before := vars()
-	stream := openStream(t, srv.url, nil)
-	stream.next(t) // the opening
-	for range 3 {
-		stream.nextEvent(t)
-	}
-	if got := srv.healthClients(t); got != 1 {
-		t.Errorf("/healthz clients with one stream open = %d, want 1", got)
-	}
-	after := vars()
-	if d := after["clients_total"] - before["clients_total"]; d != 1 {
-		t.Errorf("clients_total went up by %v for one stream, want 1", d)
-	}
-	if d := after["events_sent"] - before["events_sent"]; d < 3 {
-		t.Errorf("events_sent went up by %v after 3 events, want at least 3", d)
-	}
-	if d := after["clients"] - before["clients"]; d != 1 {
-		t.Errorf("clients went up by %v with one stream open, want 1", d)
-	}
-}
-
 func TestShutdown_EndsOpenStreamsPromptly(t *testing.T) {
 	srv := startServer(t, "-interval", "1h", "-keepalive", "1h")
 	streams := make([]*sseStream, 5)
@@ -546,8 +603,8 @@ func TestShutdown_EndsOpenStreamsPromptly(t *testing.T) {
 			t.Errorf("stream %d ended with %v, want a clean end", i, err)
 		}
 	}
-	if got := srv.logs.count(`reason="server shutdown"`); got != 5 {
-		t.Errorf("%d streams logged a shutdown end, want 5", got)
+	if got := srv.logs.count(`reason=shutdown`); got != 5 {
+		t.Errorf("%d streams logged a shutdown end, want 5 (each logs its end before run returns)", got)
 	}
 	// A producer returns soon after its stream is cancelled, not at once.
 	eventually(t, 2*time.Second, "every producer returns after shutdown", func() bool { return goroutinesIn(produce) == 0 })

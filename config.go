@@ -1,0 +1,193 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// config is everything the command line and the environment can set.
+type config struct {
+	addr            string
+	adminAddr       string        // the operators' listener; empty turns it off
+	sendBuffer      int           // bytes of kernel send buffer per connection; 0 = kernel default
+	readTimeout     time.Duration // longest time to read a request
+	idleTimeout     time.Duration // longest wait for the next request on a keep-alive connection
+	shutdownDelay   time.Duration // how long /readyz answers 503 before streams end
+	shutdownTimeout time.Duration
+	verbose         bool
+	logFormat       string // text or json
+	version         bool   // print the version and exit
+	pageSources     string // comma-separated origins besides its own whose streams the page may show
+	stream          streamConfig
+}
+
+// parseConfig reads flags from args, each with an environment fallback (ADDR, INTERVAL,
+// MAX_CLIENTS, ...; PORT=8080 means -addr :8080), and refuses values that cannot work.
+// -h prints every flag to stdout and returns flag.ErrHelp.
+func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (config, error) {
+	cfg := config{addr: ":3000"}
+	if port := getenv("PORT"); port != "" {
+		cfg.addr = ":" + port
+	}
+	fs := flag.NewFlagSet("sse-dashboard", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.addr, "addr", cfg.addr, "address to listen on")
+	fs.StringVar(&cfg.adminAddr, "admin-addr", "127.0.0.1:3001", "address of the operators' listener: /metrics, /debug/pprof/, /debug/vars (empty = off); keep it private")
+	fs.DurationVar(&cfg.stream.Interval, "interval", time.Second, "how often each stream gets an event")
+	fs.DurationVar(&cfg.stream.Keepalive, "keepalive", 15*time.Second, "longest silence before a keepalive comment; also how soon a vanished client is noticed")
+	fs.DurationVar(&cfg.stream.Retry, "retry", 3*time.Second, "reconnect delay sent to clients")
+	fs.DurationVar(&cfg.stream.MaxLifetime, "max-lifetime", 0, "end streams older than this, so clients reconnect with Last-Event-ID (0 = never)")
+	fs.DurationVar(&cfg.stream.WriteTimeout, "write-timeout", 10*time.Second, "deadline for each write; a client that stops reading is dropped")
+	fs.IntVar(&cfg.stream.Buffer, "buffer", 10, "events each client's channel holds")
+	fs.IntVar(&cfg.stream.MaxClients, "max-clients", 10000, "open streams allowed at once; more get 503")
+	fs.IntVar(&cfg.sendBuffer, "send-buffer", 64<<10, "kernel send buffer per connection in bytes, so a stalled reader holds bounded memory (0 = kernel default)")
+	fs.DurationVar(&cfg.readTimeout, "read-timeout", 10*time.Second, "longest time to read a request; closes slow or stuck senders, never a stream")
+	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 60*time.Second, "longest wait for the next request on a keep-alive connection")
+	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz answering 503, so load balancers stop sending clients first")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long shutdown may take, after -shutdown-delay")
+	fs.BoolVar(&cfg.verbose, "v", false, "log every connect and every event (debug level)")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&cfg.version, "version", false, "print the version and exit")
+	fs.StringVar(&cfg.pageSources, "page-sources", "", "comma-separated origins (https://a.example,http://127.0.0.1:8081) whose streams the page's ?src= may show, besides its own")
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, stdout)
+			return cfg, err
+		}
+		return cfg, fmt.Errorf("%w (run with -h for every flag)", err)
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q (run with -h for every flag)", fs.Arg(0))
+	}
+	// The environment fills in the flags that the command line left out.
+	onCommandLine := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		if name == "" {
+			return
+		}
+		if value := getenv(name); value != "" && !onCommandLine[f.Name] && envErr == nil {
+			if err := f.Value.Set(value); err != nil {
+				envErr = fmt.Errorf("invalid %s=%q (for -%s): %w", name, value, f.Name, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return cfg, envErr
+	}
+	return cfg, cfg.validate()
+}
+
+// envName is the environment variable that sets a flag: -max-clients reads MAX_CLIENTS.
+// -version has none: VERSION is too common a variable to be read as a request to print it.
+func envName(flagName string) string {
+	switch flagName {
+	case "v":
+		return "VERBOSE"
+	case "version":
+		return ""
+	}
+	return strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// validate refuses settings the server cannot run with, naming the flag.
+func (cfg config) validate() error {
+	positive := []struct {
+		flag  string
+		value time.Duration
+	}{
+		{"interval", cfg.stream.Interval},
+		{"keepalive", cfg.stream.Keepalive},
+		{"write-timeout", cfg.stream.WriteTimeout},
+		{"read-timeout", cfg.readTimeout},
+		{"idle-timeout", cfg.idleTimeout},
+		{"shutdown-timeout", cfg.shutdownTimeout},
+	}
+	for _, p := range positive {
+		if p.value <= 0 {
+			return fmt.Errorf("invalid -%s %s: must be more than 0", p.flag, p.value)
+		}
+	}
+	switch {
+	case cfg.stream.Retry < time.Millisecond:
+		return fmt.Errorf("invalid -retry %s: must be at least 1ms", cfg.stream.Retry)
+	case cfg.stream.MaxLifetime < 0:
+		return fmt.Errorf("invalid -max-lifetime %s: must be 0 (never) or more", cfg.stream.MaxLifetime)
+	case cfg.stream.Buffer < 1:
+		return fmt.Errorf("invalid -buffer %d: must be at least 1", cfg.stream.Buffer)
+	case cfg.sendBuffer < 0:
+		return fmt.Errorf("invalid -send-buffer %d: must be 0 (kernel default) or more", cfg.sendBuffer)
+	case cfg.stream.MaxClients < 1:
+		return fmt.Errorf("invalid -max-clients %d: must be at least 1", cfg.stream.MaxClients)
+	case cfg.addr == "":
+		return errors.New("invalid -addr: must not be empty")
+	case cfg.shutdownDelay < 0:
+		return fmt.Errorf("invalid -shutdown-delay %s: must be 0 or more", cfg.shutdownDelay)
+	case cfg.logFormat != "text" && cfg.logFormat != "json":
+		return fmt.Errorf("invalid -log-format %q: must be text or json", cfg.logFormat)
+	}
+	for _, origin := range pageOrigins(cfg.pageSources) {
+		if err := checkOrigin(origin); err != nil {
+			return fmt.Errorf("invalid -page-sources entry %q: %w", origin, err)
+		}
+	}
+	return nil
+}
+
+// pageOrigins splits the -page-sources list at commas, dropping spaces and empty entries.
+func pageOrigins(list string) []string {
+	var origins []string
+	for origin := range strings.SplitSeq(list, ",") {
+		if origin = strings.TrimSpace(origin); origin != "" {
+			origins = append(origins, origin)
+		}
+	}
+	return origins
+}
+
+// checkOrigin accepts an origin only as a browser writes it (scheme://host[:port], lower
+// case, no default port, no path), because the page compares it with URL.origin and the
+// Content-Security-Policy quotes it as it is.
+func checkOrigin(origin string) error {
+	u, err := url.Parse(origin)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return errors.New("want an http or https origin such as https://a.example")
+	}
+	host := u.Hostname()
+	if host == "" || strings.ContainsFunc(host, func(r rune) bool {
+		return (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '.' && r != '-' && r != ':'
+	}) {
+		return errors.New("want a host name or IP address, in lower case, without wildcards")
+	}
+	want := u.Scheme + "://" + u.Host
+	if port := u.Port(); (u.Scheme == "http" && port == "80") || (u.Scheme == "https" && port == "443") {
+		want = u.Scheme + "://" + strings.TrimSuffix(u.Host, ":"+port)
+	}
+	if origin != want {
+		return fmt.Errorf("want the bare origin %q (no path, query, user or default port)", want)
+	}
+	return nil
+}
+
+// printUsage prints every flag with its environment variable and default.
+func printUsage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprintln(w, "Usage: sse-dashboard [flags]\n\nServes a live dashboard at / and its event stream at /sse.\n\nFlags (each also read from the environment variable shown):")
+	fs.VisitAll(func(f *flag.Flag) {
+		if name := envName(f.Name); name != "" {
+			fmt.Fprintf(w, "  -%s (%s, default %q)\n    \t%s\n", f.Name, name, f.DefValue, f.Usage)
+		} else {
+			fmt.Fprintf(w, "  -%s\n    \t%s\n", f.Name, f.Usage)
+		}
+	})
+}

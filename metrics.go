@@ -1,0 +1,121 @@
+package main
+
+import (
+	"expvar"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// rejectReason says why a request for the stream was turned away; it is a metric label.
+type rejectReason string
+
+// The ways a request for the stream is turned away.
+const (
+	rejectMaxClients    rejectReason = "max_clients"    // -max-clients streams were open
+	rejectNotAcceptable rejectReason = "not_acceptable" // its Accept header ruled out text/event-stream
+)
+
+// metrics are one server's Prometheus metrics. Every series a stream touches is created up
+// front, so counting costs an atomic add: no allocation and no lock per event.
+type metrics struct {
+	registry     *prometheus.Registry
+	opened       prometheus.Counter
+	ended        map[endReason]prometheus.Counter
+	rejected     map[rejectReason]prometheus.Counter
+	events       prometheus.Counter
+	keepalives   prometheus.Counter
+	streamLength prometheus.Histogram
+	writeTime    prometheus.Histogram
+}
+
+// newMetrics registers the stream metrics, open reporting the streams open now, beside the
+// Go runtime's, the process's and the build's.
+func newMetrics(open func() float64, writeTimeout time.Duration) *metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector(),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sse_streams_open",
+			Help: "Event streams open now.",
+		}, open),
+	)
+	m := &metrics{
+		registry: reg,
+		opened: registerCounter(reg, prometheus.CounterOpts{
+			Name: "sse_streams_opened_total",
+			Help: "Event streams opened.",
+		}),
+		events: registerCounter(reg, prometheus.CounterOpts{
+			Name: "sse_events_total",
+			Help: "Events written to clients.",
+		}),
+		keepalives: registerCounter(reg, prometheus.CounterOpts{
+			Name: "sse_keepalives_total",
+			Help: "Keepalive comments written to idle streams.",
+		}),
+		streamLength: registerHistogram(reg, prometheus.HistogramOpts{
+			Name:    "sse_stream_duration_seconds",
+			Help:    "How long event streams lasted, from admission to end.",
+			Buckets: prometheus.ExponentialBucketsRange(1, 86400, 12),
+		}),
+		writeTime: registerHistogram(reg, prometheus.HistogramOpts{
+			Name:    "sse_write_duration_seconds",
+			Help:    "How long one write to a client took, from the write to its flush.",
+			Buckets: prometheus.ExponentialBucketsRange(1e-6, writeTimeout.Seconds(), 12),
+		}),
+	}
+	ended := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sse_streams_ended_total",
+		Help: "Event streams ended, by why they ended.",
+	}, []string{"reason"})
+	reg.MustRegister(ended)
+	m.ended = make(map[endReason]prometheus.Counter)
+	for _, r := range []endReason{endClientGone, endWriteTimeout, endShutdown, endMaxLifetime} {
+		m.ended[r] = ended.WithLabelValues(string(r))
+	}
+	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sse_requests_rejected_total",
+		Help: "Requests for the event stream turned away, by why.",
+	}, []string{"reason"})
+	reg.MustRegister(rejected)
+	m.rejected = make(map[rejectReason]prometheus.Counter)
+	for _, r := range []rejectReason{rejectMaxClients, rejectNotAcceptable} {
+		m.rejected[r] = rejected.WithLabelValues(string(r))
+	}
+	return m
+}
+
+// registerCounter registers a counter with reg and returns it.
+func registerCounter(reg *prometheus.Registry, opts prometheus.CounterOpts) prometheus.Counter {
+	c := prometheus.NewCounter(opts)
+	reg.MustRegister(c)
+	return c
+}
+
+// registerHistogram registers a histogram with reg and returns it.
+func registerHistogram(reg *prometheus.Registry, opts prometheus.HistogramOpts) prometheus.Histogram {
+	h := prometheus.NewHistogram(opts)
+	reg.MustRegister(h)
+	return h
+}
+
+// adminHandler serves the operators' routes: metrics in the Prometheus text format, the
+// profiler and expvar. It belongs on a listener of its own that the public cannot reach.
+func adminHandler(m *metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry}))
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	mux.Handle("GET /debug/vars", expvar.Handler())
+	return mux
+}

@@ -1,0 +1,108 @@
+package main
+
+// The SSE wire format (WHATWG HTML, "Server-sent events"): how an event, a comment and a
+// reconnect delay are framed, and how a request says where to resume and what it accepts.
+// Nothing here holds state; the stream and the handler call it.
+
+import (
+	"bytes"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// keepaliveFrame is an SSE comment: clients ignore it, but writing it reveals a vanished client.
+var keepaliveFrame = []byte(": keepalive\n\n")
+
+// appendEvent appends one SSE event with the given id and data to dst. Every line break in
+// data (CRLF, CR or LF) starts a new data: line, so no data can split or merge events.
+func appendEvent(dst []byte, id uint64, data []byte) []byte {
+	dst = append(dst, "id: "...)
+	dst = strconv.AppendUint(dst, id, 10)
+	dst = append(dst, '\n')
+	for {
+		i := bytes.IndexAny(data, "\r\n")
+		if i < 0 {
+			break
+		}
+		dst = append(dst, "data: "...)
+		dst = append(dst, data[:i]...)
+		dst = append(dst, '\n')
+		if data[i] == '\r' && i+1 < len(data) && data[i+1] == '\n' {
+			i++
+		}
+		data = data[i+1:]
+	}
+	dst = append(dst, "data: "...)
+	dst = append(dst, data...)
+	return append(dst, "\n\n"...)
+}
+
+// appendRetry appends a frame that sets the client's reconnect delay, with a comment that
+// says why; comment must be one line.
+func appendRetry(dst []byte, retry time.Duration, comment string) []byte {
+	dst = append(dst, "retry: "...)
+	dst = strconv.AppendInt(dst, retry.Milliseconds(), 10)
+	dst = append(dst, "\n: "...)
+	dst = append(dst, comment...)
+	return append(dst, "\n\n"...)
+}
+
+// maxLastEventID is the largest Last-Event-ID a stream goes on from. No stream sends 2^63
+// events, so the ids that follow it never wrap around.
+const maxLastEventID = 1<<63 - 1
+
+// parseLastEventID returns the id a reconnecting client last saw. Anything but a decimal
+// number up to maxLastEventID counts as no id, and the stream starts at 1.
+func parseLastEventID(value string) (id uint64, ok bool) {
+	id, err := strconv.ParseUint(value, 10, 64)
+	if err != nil || id > maxLastEventID {
+		return 0, false
+	}
+	return id, true
+}
+
+// resumeID returns the id a request asks to resume after: its Last-Event-ID header, which
+// browsers send on their own reconnects, or else the lastEventID query parameter (Mercure's
+// convention), which a script that opens a new EventSource can set.
+func resumeID(r *http.Request) (id uint64, ok bool) {
+	if value := r.Header.Get("Last-Event-ID"); value != "" {
+		return parseLastEventID(value)
+	}
+	if r.URL.RawQuery == "" {
+		return 0, false
+	}
+	return parseLastEventID(r.URL.Query().Get("lastEventID"))
+}
+
+// acceptsEventStream reports whether a request's Accept headers allow text/event-stream.
+// No Accept header means anything goes, as for curl; text/event-stream;q=0 refuses it even
+// beside a wildcard.
+func acceptsEventStream(accept []string) bool {
+	if len(accept) == 0 {
+		return true
+	}
+	accepted := false
+	for _, value := range accept {
+		for item := range strings.SplitSeq(value, ",") {
+			mediaType, params, err := mime.ParseMediaType(item)
+			if err != nil {
+				continue
+			}
+			q, err := strconv.ParseFloat(params["q"], 64)
+			refused := err == nil && q == 0
+			switch mediaType {
+			case "text/event-stream":
+				if refused {
+					return false
+				}
+				accepted = true
+			case "text/*", "*/*":
+				accepted = accepted || !refused
+			}
+		}
+	}
+	return accepted
+}
