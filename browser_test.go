@@ -34,6 +34,7 @@ import (
 
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/cdproto/target"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 )
@@ -662,6 +663,9 @@ func TestBrowser_SameOriginPageShowsLiveEvents(t *testing.T) {
 	if len(g.Plot) != 4 || len(g.Line) < 10 {
 		t.Fatalf("chart: plot area %v, %d points in the line, want a plot area and at least 10 points", g.Plot, len(g.Line))
 	}
+	if g.Segments != 1 {
+		t.Errorf("the chart's line has %d segments on a stream that was never lost, want 1", g.Segments)
+	}
 	left, right, top, bottom := g.Plot[0], g.Plot[1], g.Plot[2], g.Plot[3]
 	if first := g.Line[0][0]; first > left+1 {
 		t.Errorf("first point at x = %.1f, plot starts at %.1f: want the chart to fill from the left edge", first, left)
@@ -701,10 +705,11 @@ func TestBrowser_SameOriginPageShowsLiveEvents(t *testing.T) {
 	b.checkContrast(t, "open stream at 1280 px")
 
 	shot := os.Getenv("SCREENSHOT")
+	// The screenshot shows the top of the page, with no focus ring.
+	evaluate[bool](t, b, `(document.activeElement.blur(), scrollTo(0, 0), true)`)
 	if shot != "" {
 		// The README image shows the chart full: all 60 points.
 		b.waitForDashboard(t, "a full chart for the screenshot", `d.points >= 60`)
-		evaluate[bool](t, b, `(document.activeElement.blur(), true)`)
 	}
 	desktop := b.screenshot(t, "dashboard-desktop.png", width, height)
 	if shot != "" {
@@ -997,6 +1002,11 @@ func TestBrowser_SurvivesServerRestartOnSamePort(t *testing.T) {
 		t.Errorf("server gone: value stale %t (note %q), chart stale %t (label %q), want both marked stale with the time they are from",
 			down.ValueStale, down.ValueNote, down.ChartStale, down.ChartLabel)
 	}
+	// Dimmed: drawn in the muted colour of the labels, not the accent of a live value.
+	colors := evaluate[[]string](t, b, `["value", "value-note"].map((id) => getComputedStyle(document.getElementById(id)).color)`)
+	if colors[0] != colors[1] {
+		t.Errorf("stale #value colour = %s, want the muted %s of its note", colors[0], colors[1])
+	}
 	if !down.SrcProblem || down.SrcNote != "Lost; reconnecting" {
 		t.Errorf("server gone: #src-note %q (problem %t), want \"Lost; reconnecting\" as a problem", down.SrcNote, down.SrcProblem)
 	}
@@ -1016,6 +1026,9 @@ func TestBrowser_SurvivesServerRestartOnSamePort(t *testing.T) {
 	if d.Reconnects != 1 || d.ValueStale || d.ChartStale || d.ValueNote != "live" || d.SrcProblem {
 		t.Errorf("after the restart: #reconnects %d, value stale %t (note %q), chart stale %t, #src-note %q, want 1, live, no problem",
 			d.Reconnects, d.ValueStale, d.ValueNote, d.ChartStale, d.SrcNote)
+	}
+	if g := evaluate[chartGeometry](t, b, chartGeometryJS); g.Segments != 2 {
+		t.Errorf("the chart's line has %d segments after one outage, want 2 (broken where the stream was lost)", g.Segments)
 	}
 	// The live region spoke once per change of state, however often the browser retried.
 	if got, want := announced(), []string{"Stream lost, reconnecting.", "Stream open."}; !slices.Equal(got, want) {
@@ -1309,4 +1322,50 @@ func TestBrowser_WorksUnderAPathPrefix(t *testing.T) {
 	if want := fmt.Sprintf("query %q header %q", fmt.Sprintf("lastEventID=%d", down.Events), ""); !slices.Contains(streamRequests, want) {
 		t.Errorf("requests for the stream: %q, want one with %s", streamRequests, want)
 	}
+}
+
+func TestBrowser_TickingPausesInBackgroundTab(t *testing.T) {
+	mux := http.NewServeMux()
+	// One event, then silence: from then on only the ticking changes what the page shows.
+	mux.HandleFunc("GET /once", func(w http.ResponseWriter, r *http.Request) {
+		rc := eventStream(w, time.Minute)
+		fmt.Fprint(w, "id: 1\ndata: {\"User\":1}\n\n")
+		rc.Flush()
+		<-r.Context().Done()
+	})
+	other := startOtherOrigin(t, mux)
+	srv := startServer(t, "-page-sources", other)
+	b := newBrowser(t)
+
+	b.navigate(t, srv.url+"/?src="+url.QueryEscape(other+"/once"))
+	b.waitForDashboard(t, "the event", `d.events === 1 && d.state === "open"`)
+	evaluate[bool](t, b, `(() => {
+		window.sinceChanges = 0;
+		new MutationObserver(() => window.sinceChanges++)
+			.observe(document.getElementById("since"), { childList: true, characterData: true, subtree: true });
+		return true;
+	})()`)
+	b.waitFor(t, pageWait, "the time since the event to tick", `window.sinceChanges >= 2`)
+
+	// A new tab in front puts the page in the background.
+	tab, err := chromedp.CallBrowser(b.ctx, target.CreateTarget, target.CreateTargetParams{URL: "about:blank"})
+	if err != nil {
+		t.Fatalf("open a second tab: %v", err)
+	}
+	b.waitFor(t, pageWait, "the page hidden behind the new tab",
+		`document.hidden && (window.sinceChanges = 0, window.hiddenAt = performance.now(), true)`)
+	// Four ticks' worth of time by the page's own clock, in which the ticking would have
+	// changed the text four times.
+	b.waitFor(t, pageWait, "a second in the background", `performance.now() - window.hiddenAt > 1000`)
+	if n := evaluate[int](t, b, `window.sinceChanges`); n != 0 {
+		t.Errorf("#since changed %d times in a second in a background tab, want 0 (ticking paused)", n)
+	}
+
+	if _, err := chromedp.CallBrowser(b.ctx, target.ActivateTarget, target.ActivateTargetParams{TargetID: chromedp.FromContext(b.ctx).Target.TargetID}); err != nil {
+		t.Fatalf("bring the page's tab to the front: %v", err)
+	}
+	if _, err := chromedp.CallBrowser(b.ctx, target.CloseTarget, target.CloseTargetParams{TargetID: tab.TargetID}); err != nil {
+		t.Fatalf("close the second tab: %v", err)
+	}
+	b.waitFor(t, pageWait, "the ticking to resume in front", `!document.hidden && window.sinceChanges >= 2`)
 }

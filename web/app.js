@@ -9,7 +9,7 @@ const MAX_RAW_CHARS = 200;          // cap on how much of a malformed payload is
 const BACKOFF_FIRST_MS = 1000;      // first retry after the browser gave up on a stream
 const BACKOFF_MAX_MS = 60000;       // longest wait between such retries
 const ASSUMED_INTERVAL_MS = 1000;   // event interval the chart assumes until two events have arrived
-const GAP_INTERVALS = 3;            // a pause this many intervals long breaks the chart's line
+const LONG_GAP = 3;                 // a gap this many steps long is a pause, not the stream's pace
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
@@ -53,11 +53,12 @@ const stream = {
 };
 
 // Values for the chart, oldest first: { t: where on the time axis, arrived: performance.now()
-// when it came, v: the value }.
+// when it came, v: the value, resumed: the first after the stream was lost }.
 const points = [];
 // The pace of the stream as the chart sees it: step is the estimated time between events
-// in ms (0 until two have arrived), pauses the long gaps in a row just seen.
-const pace = { step: 0, pauses: 0 };
+// in ms (0 until two have arrived), pauses the long gaps in a row just seen, resumed that
+// the stream was lost since the last value.
+const pace = { step: 0, pauses: 0, resumed: false };
 const startedAt = performance.now();
 let tickTimer = 0;
 
@@ -171,7 +172,8 @@ function onMessage(event) {
     ui.value.textContent = formatNumber(user);
     delete ui.value.dataset.invalid;
     const arrived = performance.now();
-    points.push({ t: place(arrived), arrived, v: user });
+    points.push({ t: place(arrived), arrived, v: user, resumed: pace.resumed });
+    pace.resumed = false;
     if (points.length > HISTORY) points.shift();
     if (!document.hidden) draw();
   }
@@ -187,6 +189,7 @@ function onError(event) {
   const es = event.target;
   if (es !== stream.source) return;
   if (stream.state === "open") {
+    pace.resumed = true;
     stream.reconnects += 1;
     stream.lastLostAt = Date.now();
     ui.reconnects.textContent = String(stream.reconnects);
@@ -299,31 +302,33 @@ function niceCeil(x) {
 }
 
 // place returns where on the time axis a value that arrived at the given time goes, and
-// learns the stream's pace. Events are made at a steady pace but may arrive in bursts, so
-// each goes one step after the one before, yet never more than a step from its arrival;
-// after a pause (an outage) it goes where it arrived, and the line breaks before it.
+// learns the stream's pace. A value goes where it arrived, but at least half a step after
+// the one before: events made at a steady pace may arrive together, and would otherwise
+// draw a vertical line.
 function place(arrived) {
   const prev = points[points.length - 1];
   if (!prev) return arrived;
   const gap = arrived - prev.arrived;
-  const long = pace.step > 0 && gap > GAP_INTERVALS * pace.step;
-  if (pace.step === 0 || (long && pace.pauses > 0)) {
+  const long = gap > LONG_GAP * pace.step;
+  if (pace.resumed) {
+    // How long the stream was lost says nothing about its pace.
+  } else if (pace.step === 0 || (long && pace.pauses > 0)) {
     // The first gap, or a second long one in a row: the pace itself has changed.
     pace.step = Math.max(gap, 1);
     pace.pauses = 0;
   } else if (long) {
     pace.pauses += 1;
-    return arrived;
   } else {
     pace.step += 0.1 * (gap - pace.step);
     pace.pauses = 0;
   }
-  return Math.min(Math.max(prev.t + pace.step, arrived - pace.step), arrived + pace.step);
+  return Math.max(arrived, prev.t + pace.step / 2);
 }
 
 // draw renders the chart in the SVG's own pixels: y on a fixed scale from 0 to Y_MAX (or
 // the next round bound if a stream sends more), x in seconds since the page opened, the
-// last HISTORY values placed by their arrival time, the area filled down to the axis.
+// last HISTORY values placed by their arrival time, the area filled down to the axis, and
+// the line broken where the stream was lost.
 function draw() {
   const width = ui.chart.clientWidth;
   const height = ui.chart.clientHeight;
@@ -362,11 +367,11 @@ function draw() {
   }
   parts.push(svg("line", { class: "axis", x1: m.left, x2: width - m.right, y1: y(lo), y2: y(lo) }));
 
-  // One segment per run of values without a pause, so an outage shows as a gap.
+  // One segment per run of values from one stream, so an outage shows as a gap.
   const shown = points.filter((p) => p.t >= left - 1);
   const segments = [];
   for (let i = 0; i < shown.length; i++) {
-    if (i === 0 || shown[i].t - shown[i - 1].t > GAP_INTERVALS * step) segments.push([]);
+    if (i === 0 || shown[i].resumed) segments.push([]);
     segments[segments.length - 1].push(`${x(shown[i].t).toFixed(1)},${y(shown[i].v).toFixed(1)}`);
   }
   const base = y(Math.max(lo, 0)).toFixed(1);
