@@ -49,7 +49,6 @@ const stream = {
   lastLostAt: 0,      // Date.now() when the stream was last lost
   failures: 0,        // times in a row the browser gave up, for the back-off
   retryAt: 0,         // Date.now() of the next retry by the page; 0 = none pending
-  retryTimer: 0,
 };
 
 // Values for the chart, oldest first: { t: where on the time axis, arrived: performance.now()
@@ -73,7 +72,7 @@ function allowedOrigins() {
 // comes back with the reason and is never requested.
 function chooseStream() {
   const param = new URLSearchParams(location.search).get("src");
-  if (!param) return { url: new URL("sse", location.href), local: true };
+  if (!param) return { url: new URL("sse", location.href) };
   let url;
   try {
     url = new URL(param, location.href);
@@ -84,14 +83,15 @@ function chooseStream() {
   if (url.protocol !== "http:" && url.protocol !== "https:") {
     return { shown, refused: "Refused: not an http(s) URL", why: "the src parameter is not an http or https URL" };
   }
-  const local = url.origin === location.origin;
-  if (!local && !allowedOrigins().includes(url.origin)) {
+  if (url.origin !== location.origin && !allowedOrigins().includes(url.origin)) {
     return { shown, refused: "Refused: not in -page-sources", why: `this server does not allow streams from ${url.origin}` };
   }
-  if (location.protocol === "https:" && url.protocol === "http:") {
+  // Browsers block an http: stream on an https: page (mixed content), loopback excepted.
+  const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname);
+  if (location.protocol === "https:" && url.protocol === "http:" && !loopback) {
     return { shown, refused: "Refused: http on an https page", why: "the browser blocks an http stream on an https page" };
   }
-  return { url, local };
+  return { url };
 }
 
 // setState shows the stream's state and tells assistive technology, only when it changes.
@@ -125,6 +125,7 @@ function markStale(stale) {
   describeChart();
 }
 
+// updateValueNote says whether the value is live, or what time it is from.
 function updateValueNote() {
   if (stream.events === 0) ui.valueNote.textContent = "none yet";
   else if (stream.state === "open") ui.valueNote.textContent = "live";
@@ -134,7 +135,6 @@ function updateValueNote() {
 // connect opens a new EventSource. After the first, it asks the server to go on after the
 // last id with ?lastEventID=, because a new EventSource cannot send Last-Event-ID itself.
 function connect() {
-  stream.retryTimer = 0;
   stream.retryAt = 0;
   const url = new URL(stream.url);
   if (stream.lastId !== "") url.searchParams.set("lastEventID", stream.lastId);
@@ -145,6 +145,7 @@ function connect() {
   stream.source = es;
 }
 
+// onOpen marks the stream open and clears any message about it.
 function onOpen(event) {
   if (event.target !== stream.source) return;
   stream.opened = true;
@@ -155,6 +156,7 @@ function onOpen(event) {
   tick();
 }
 
+// onMessage counts an event and shows its value, or its raw data if it has no numeric User.
 function onMessage(event) {
   if (event.target !== stream.source) return;
   stream.events += 1;
@@ -214,7 +216,7 @@ function scheduleRetry() {
   const delay = ceiling / 2 + Math.random() * ceiling / 2;
   stream.failures += 1;
   stream.retryAt = Date.now() + delay;
-  stream.retryTimer = setTimeout(connect, delay);
+  setTimeout(connect, delay);
 }
 
 // Returns the payload's User as a finite number, or null for anything else.
@@ -228,10 +230,12 @@ function parseUser(data) {
   }
 }
 
+// truncate shortens text to max characters, marking the cut.
 function truncate(text, max) {
   return text.length > max ? text.slice(0, max) + "…" : text;
 }
 
+// formatNumber shows whole numbers as they are and others with two decimals.
 function formatNumber(n) {
   return Number.isInteger(n) ? String(n) : n.toFixed(2);
 }
@@ -421,6 +425,7 @@ function shellQuote(s) {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
 }
 
+// fillTryIt shows the curl and JavaScript lines for the stream the page reads.
 function fillTryIt(url) {
   ui.tryCurl.textContent = `curl -N ${shellQuote(url)}`;
   ui.tryJs.textContent =
@@ -428,6 +433,7 @@ function fillTryIt(url) {
     "es.onmessage = (e) => console.log(e.lastEventId, JSON.parse(e.data).User);";
 }
 
+// main picks the stream, opens it unless it is refused, and starts the clock.
 function main() {
   const choice = chooseStream();
   document.addEventListener("visibilitychange", startTicking);
