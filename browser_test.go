@@ -552,9 +552,8 @@ const cardLayoutJS = `(() => {
 	return { cards, lines };
 })()`
 
-// chartGeometry is what the chart draws: its size, labels and the line's points.
+// chartGeometry is what the chart draws: its labels, plot area and the line's points.
 type chartGeometry struct {
-	Width    float64     `json:"width"`
 	YLabels  []string    `json:"yLabels"`
 	XLabels  []string    `json:"xLabels"`
 	Line     [][]float64 `json:"line"`     // x, y of each point of the line, all segments in order
@@ -571,7 +570,6 @@ const chartGeometryJS = `(() => {
 	const grid = [...chart.querySelectorAll("line.grid")];
 	const ys = grid.map((g) => Number(g.getAttribute("y1")));
 	return {
-		width: chart.clientWidth,
 		yLabels: texts("y-label"),
 		xLabels: texts("x-label"),
 		line,
