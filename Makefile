@@ -5,7 +5,7 @@ GO ?= go
 SHELL := bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: help run build test lint fuzz soak bench
+.PHONY: help run build test stress lint fuzz soak bench
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -28,9 +28,14 @@ fuzz: ## fuzz the frame writer and the Last-Event-ID parser (FUZZTIME=1m)
 soak: ## the long fault scenarios, with a table of what they left behind
 	$(GO) test -count=1 -timeout 20m -run '^TestFault_' -v . -soak | grep -Ev '^(=== RUN|--- PASS|    --- PASS)'
 
-lint: ## gofmt and go vet
+stress: ## the whole suite three times while busy loops hold every core (a busy machine)
+	@hogs=; for i in $$(seq $$(nproc)); do timeout 45m sh -c 'while :; do :; done' & hogs="$$hogs $$!"; done; \
+	$(GO) test -race -count=$(or $(COUNT),3) -timeout 45m ./...; status=$$?; kill $$hogs; exit $$status
+
+lint: ## gofmt, go vet and staticcheck
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 bench: ## three servers side by side, thousands of streams (a few minutes), then the frame writer
 	$(GO) test -count=1 -timeout 15m -run '^$$' -bench '^BenchmarkStreams$$' -benchtime 1x .
