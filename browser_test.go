@@ -1346,10 +1346,11 @@ func TestBrowser_TickingPausesInBackgroundTab(t *testing.T) {
 	b.waitFor(t, pageWait, "the time since the event to tick", `window.sinceChanges >= 2`)
 
 	// A new tab in front puts the page in the background.
-	tab, err := chromedp.CallBrowser(b.ctx, target.CreateTarget, target.CreateTargetParams{URL: "about:blank"})
+	created, err := chromedp.CallBrowser(b.ctx, target.CreateTarget, target.CreateTargetParams{URL: "about:blank"})
 	if err != nil {
 		t.Fatalf("open a second tab: %v", err)
 	}
+	secondTab := created.TargetID
 	b.waitFor(t, pageWait, "the page hidden behind the new tab",
 		`document.hidden && (window.sinceChanges = 0, window.hiddenAt = performance.now(), true)`)
 	// Four ticks' worth of time by the page's own clock, in which the ticking would have
@@ -1362,7 +1363,7 @@ func TestBrowser_TickingPausesInBackgroundTab(t *testing.T) {
 	if _, err := chromedp.CallBrowser(b.ctx, target.ActivateTarget, target.ActivateTargetParams{TargetID: chromedp.FromContext(b.ctx).Target.TargetID}); err != nil {
 		t.Fatalf("bring the page's tab to the front: %v", err)
 	}
-	if _, err := chromedp.CallBrowser(b.ctx, target.CloseTarget, target.CloseTargetParams{TargetID: tab.TargetID}); err != nil {
+	if _, err := chromedp.CallBrowser(b.ctx, target.CloseTarget, target.CloseTargetParams{TargetID: secondTab}); err != nil {
 		t.Fatalf("close the second tab: %v", err)
 	}
 	b.waitFor(t, pageWait, "the ticking to resume in front", `!document.hidden && window.sinceChanges >= 2`)
