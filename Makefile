@@ -18,6 +18,7 @@ build: ## build ./sse-dashboard
 
 test: lint ## vet, every test with the race detector, then a short fuzz run
 	@test -n "$$CHROME_PATH" || command -v chromium >/dev/null || echo "*** chromium not found: the browser tests will be SKIPPED (apt-get install chromium) ***"
+	@test -n "$$NGINX_PATH" || test -x /usr/sbin/nginx || command -v nginx >/dev/null || echo "*** nginx not found: the proxy tests will be SKIPPED (apt-get install nginx) ***"
 	$(GO) test -race -count=1 ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 

@@ -98,8 +98,8 @@ type consoleExcuse struct {
 }
 
 // newBrowser starts Chromium for the test, offline and sandboxless (the tests run as root),
-// with any further flags, and closes it when the test ends. Start the servers the page
-// talks to before it, so that the browser is gone before they stop.
+// with flags on top, and closes it when the test ends. Start the servers the page talks to
+// before it, so that the browser is gone before they stop.
 func newBrowser(t *testing.T, flags ...chromedp.ExecAllocatorOption) *browser {
 	t.Helper()
 	execPath := chromePath(t)
