@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -21,6 +22,7 @@ type config struct {
 	verbose         bool
 	logFormat       string // text or json
 	version         bool   // print the version and exit
+	pageSources     string // comma-separated origins besides its own whose streams the page may show
 	stream          streamConfig
 }
 
@@ -51,6 +53,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.BoolVar(&cfg.verbose, "v", false, "log every connect and every event (debug level)")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&cfg.version, "version", false, "print the version and exit")
+	fs.StringVar(&cfg.pageSources, "page-sources", "", "comma-separated origins (https://a.example,http://127.0.0.1:8081) whose streams the page's ?src= may show, besides its own")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -130,6 +133,49 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -shutdown-delay %s: must be 0 or more", cfg.shutdownDelay)
 	case cfg.logFormat != "text" && cfg.logFormat != "json":
 		return fmt.Errorf("invalid -log-format %q: must be text or json", cfg.logFormat)
+	}
+	for _, origin := range pageOrigins(cfg.pageSources) {
+		if err := checkOrigin(origin); err != nil {
+			return fmt.Errorf("invalid -page-sources entry %q: %w", origin, err)
+		}
+	}
+	return nil
+}
+
+// pageOrigins splits the -page-sources list at commas, dropping spaces and empty entries.
+func pageOrigins(list string) []string {
+	var origins []string
+	for origin := range strings.SplitSeq(list, ",") {
+		if origin = strings.TrimSpace(origin); origin != "" {
+			origins = append(origins, origin)
+		}
+	}
+	return origins
+}
+
+// checkOrigin accepts an origin only as a browser writes it (scheme://host[:port], lower
+// case, no default port, no path), because the page compares it with URL.origin and the
+// Content-Security-Policy quotes it as it is.
+func checkOrigin(origin string) error {
+	u, err := url.Parse(origin)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return errors.New("want an http or https origin such as https://a.example")
+	}
+	host := u.Hostname()
+	if host == "" || strings.ContainsFunc(host, func(r rune) bool {
+		return (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '.' && r != '-' && r != ':'
+	}) {
+		return errors.New("want a host name or IP address, in lower case, without wildcards")
+	}
+	want := u.Scheme + "://" + u.Host
+	if port := u.Port(); (u.Scheme == "http" && port == "80") || (u.Scheme == "https" && port == "443") {
+		want = u.Scheme + "://" + strings.TrimSuffix(u.Host, ":"+port)
+	}
+	if origin != want {
+		return fmt.Errorf("want the bare origin %q (no path, query, user or default port)", want)
 	}
 	return nil
 }

@@ -3,11 +3,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"embed"
 	"errors"
 	"flag"
 	"fmt"
+	"html"
 	"io"
 	"log/slog"
 	"mime"
@@ -200,7 +202,7 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 	app.Use(recover.New(), rejectAmbiguousPaths)
 
 	streams := handleSSE(cfg.stream, logger)
-	page := handlePage()
+	page := handlePage(pageOrigins(cfg.pageSources))
 
 	app.Get("/", page)
 	app.Get("/app.js", page)
@@ -264,7 +266,10 @@ func handleReady(ready *atomic.Bool) fiber.Handler {
 }
 
 // handlePage serves the embedded page and its assets, so the binary runs from any directory.
-func handlePage() fiber.Handler {
+// origins are the other origins whose streams the page may show (-page-sources): the
+// Content-Security-Policy lets it connect to them alone, and the page reads them from its
+// page-sources meta tag, filled in here once, so the page stays the same for the life of the process.
+func handlePage(origins []string) fiber.Handler {
 	type file struct {
 		body        []byte
 		contentType string
@@ -281,12 +286,21 @@ func handlePage() fiber.Handler {
 		}
 		files["/"+entry.Name()] = file{body, mime.TypeByExtension(path.Ext(entry.Name()))}
 	}
-	files["/"] = files["/index.html"]
-	// The page may run only its own script and style, while ?src= may still point its
-	// EventSource at another origin.
+	const emptySources = `<meta name="page-sources" content="">`
+	index := files["/index.html"]
+	if bytes.Count(index.body, []byte(emptySources)) != 1 {
+		panic("web/index.html must hold " + emptySources + " once")
+	}
+	sources := `<meta name="page-sources" content="` + html.EscapeString(strings.Join(origins, " ")) + `">`
+	index.body = bytes.Replace(index.body, []byte(emptySources), []byte(sources), 1)
+	files["/index.html"] = index
+	files["/"] = index
+	// The page may run only its own script and style, and open streams only on its own
+	// origin and those that -page-sources lists.
 	headers := map[string]string{
 		"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-			"connect-src 'self' http: https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+			"connect-src " + strings.Join(append([]string{"'self'"}, origins...), " ") +
+			"; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
 		"X-Content-Type-Options": "nosniff",
 		"Referrer-Policy":        "no-referrer",
 		"Cache-Control":          "no-cache",

@@ -18,6 +18,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -381,6 +382,14 @@ func TestConfig_RefusesBadValues(t *testing.T) {
 		{"stray argument", []string{"extra"}, nil, `"extra"`},
 		{"bad env", nil, map[string]string{"INTERVAL": "0"}, "-interval"},
 		{"unparsable env", nil, map[string]string{"MAX_CLIENTS": "many"}, "MAX_CLIENTS"},
+		{"page source with a path", []string{"-page-sources", "https://a.example/sse"}, nil, "-page-sources"},
+		{"page source without a scheme", []string{"-page-sources", "a.example"}, nil, "-page-sources"},
+		{"page source not http", []string{"-page-sources", "ftp://a.example"}, nil, "-page-sources"},
+		{"page source with a wildcard", []string{"-page-sources", "https://*.example"}, nil, "-page-sources"},
+		{"page source with the default port", []string{"-page-sources", "https://a.example:443"}, nil, "-page-sources"},
+		{"page source in upper case", []string{"-page-sources", "https://A.example"}, nil, "-page-sources"},
+		{"page source that ends the CSP", []string{"-page-sources", "https://a.example;script-src"}, nil, "-page-sources"},
+		{"bad page source in env", nil, map[string]string{"PAGE_SOURCES": "https://a.example,https://b.example/"}, "-page-sources"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -422,6 +431,9 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 			return c.stream.MaxClients == 7 && c.stream.MaxLifetime == time.Minute
 		}},
 		{"VERBOSE", nil, map[string]string{"VERBOSE": "true"}, func(c config) bool { return c.verbose }},
+		{"PAGE_SOURCES", nil, map[string]string{"PAGE_SOURCES": "https://a.example, http://127.0.0.1:8081,http://[::1]:8082"}, func(c config) bool {
+			return slices.Equal(pageOrigins(c.pageSources), []string{"https://a.example", "http://127.0.0.1:8081", "http://[::1]:8082"})
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -445,7 +457,7 @@ func TestConfig_HelpListsEveryFlag(t *testing.T) {
 		"-retry (RETRY", "-max-lifetime (MAX_LIFETIME", "-write-timeout (WRITE_TIMEOUT", "-buffer (BUFFER",
 		"-max-clients (MAX_CLIENTS", "-send-buffer (SEND_BUFFER", "-read-timeout (READ_TIMEOUT",
 		"-idle-timeout (IDLE_TIMEOUT", "-shutdown-timeout (SHUTDOWN_TIMEOUT", "-v (VERBOSE", "-admin-addr (ADMIN_ADDR",
-		"-shutdown-delay (SHUTDOWN_DELAY", "-log-format (LOG_FORMAT", "-version\n"} {
+		"-shutdown-delay (SHUTDOWN_DELAY", "-log-format (LOG_FORMAT", "-version\n", "-page-sources (PAGE_SOURCES"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("-h output lacks %q:\n%s", want, out.String())
 		}
@@ -528,11 +540,11 @@ func TestRoutes_PageIsEmbeddedWithStrictHeaders(t *testing.T) {
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
 		t.Errorf("GET / Content-Type = %q, want text/html", ct)
 	}
-	if !strings.Contains(body, `src="/app.js"`) {
-		t.Errorf("GET / does not load /app.js:\n%s", body)
+	if !strings.Contains(body, `src="app.js"`) || !strings.Contains(body, `href="style.css"`) {
+		t.Errorf("GET / does not load app.js and style.css by relative URLs, which a path prefix keeps:\n%s", body)
 	}
 	csp := resp.Header.Get("Content-Security-Policy")
-	for _, want := range []string{"script-src 'self'", "style-src 'self'", "connect-src"} {
+	for _, want := range []string{"script-src 'self'", "style-src 'self'", "connect-src 'self';"} {
 		if !strings.Contains(csp, want) {
 			t.Errorf("Content-Security-Policy = %q, want it to contain %q", csp, want)
 		}
@@ -546,6 +558,31 @@ func TestRoutes_PageIsEmbeddedWithStrictHeaders(t *testing.T) {
 	resp, _ = srv.get(t, http.MethodGet, "/app.js", nil)
 	if ct := resp.Header.Get("Content-Type"); !strings.Contains(ct, "javascript") {
 		t.Errorf("GET /app.js Content-Type = %q, want javascript", ct)
+	}
+}
+
+func TestRoutes_PageSourcesInCSPAndPage(t *testing.T) {
+	tests := []struct {
+		name, sources, connectSrc, meta string
+	}{
+		{"none", "", "connect-src 'self';", `<meta name="page-sources" content="">`},
+		{"two", "https://a.example, http://127.0.0.1:8081",
+			"connect-src 'self' https://a.example http://127.0.0.1:8081;",
+			`<meta name="page-sources" content="https://a.example http://127.0.0.1:8081">`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := startServer(t, "-page-sources", tt.sources)
+			for _, path := range []string{"/", "/app.js"} {
+				resp, body := srv.get(t, http.MethodGet, path, nil)
+				if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, tt.connectSrc) {
+					t.Errorf("-page-sources %q: GET %s Content-Security-Policy = %q, want %q in it", tt.sources, path, csp, tt.connectSrc)
+				}
+				if path == "/" && strings.Count(body, tt.meta) != 1 {
+					t.Errorf("-page-sources %q: GET / has no %s:\n%s", tt.sources, tt.meta, body)
+				}
+			}
+		})
 	}
 }
 
