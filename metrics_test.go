@@ -76,7 +76,9 @@ func TestMetrics_CountExactlyWhatTheWireCarried(t *testing.T) {
 		t.Errorf("sse_write_duration_seconds_count moved by %v for %d events, want 2 to %d", writes, events, events+1)
 	}
 
-	// Overload and a refused Accept, while one stream holds the only place.
+	// Overload and a refused Accept, while one stream holds the only place, on a server
+	// whose streams have no lifetime to end them first.
+	srv = startServer(t, "-interval", "10ms", "-max-clients", "1")
 	before = scrape(t, srv.adminURL)
 	held := openStream(t, srv.url, nil)
 	held.next(t)
