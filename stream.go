@@ -3,7 +3,9 @@ package main
 import (
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
+	"syscall"
 	"time"
 )
 
@@ -14,6 +16,7 @@ type endReason string
 // The ways a stream ends.
 const (
 	endClientGone   endReason = "client_gone"   // a write failed: the client left
+	endDeadClient   endReason = "dead_client"   // the kernel gave up on a client that stopped acknowledging (-dead-client-timeout)
 	endWriteTimeout endReason = "write_timeout" // a write outlasted -write-timeout: the client stopped reading
 	endShutdown     endReason = "shutdown"      // the server is shutting down
 	endMaxLifetime  endReason = "max_lifetime"  // the stream reached -max-lifetime
@@ -49,16 +52,16 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 	// Headers go out before any byte of body: under the adaptor a write before the first
 	// flush pins a 32 KB buffer for the life of the stream.
 	if err := s.rc.Flush(); err != nil {
-		return s.whyWriteFailed(), err
+		return s.whyWriteFailed(err), err
 	}
 	if err := s.write(opening); err != nil {
-		return s.whyWriteFailed(), err
+		return s.whyWriteFailed(err), err
 	}
 	s.keepalive = time.NewTimer(s.cfg.Keepalive)
 	defer s.keepalive.Stop()
 	var lifetime <-chan time.Time
 	if s.cfg.MaxLifetime > 0 {
-		timer := time.NewTimer(s.cfg.MaxLifetime)
+		timer := time.NewTimer(jitterLifetime(s.cfg.MaxLifetime))
 		defer timer.Stop()
 		lifetime = timer.C
 	}
@@ -71,7 +74,7 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 				s.queue(<-events)
 			}
 			if err := s.flushEvents(); err != nil {
-				return s.whyWriteFailed(), err
+				return s.whyWriteFailed(err), err
 			}
 		case <-s.keepalive.C:
 			// Writes do not reset the timer, which would cost a timer-heap update per
@@ -81,16 +84,18 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 				continue
 			}
 			if err := s.write(keepaliveFrame); err != nil {
-				return s.whyWriteFailed(), err
+				return s.whyWriteFailed(err), err
 			}
 			s.keepalive.Reset(s.cfg.Keepalive)
 			keepalivesSent.Add(1)
 		case <-lifetime:
 			return endMaxLifetime, nil
 		case <-s.stop.done:
+			s.sayGoodbye()
 			return endShutdown, nil
 		case <-requestDone:
 			if s.stop.started() {
+				s.sayGoodbye()
 				return endShutdown, nil
 			}
 			return endClientGone, nil
@@ -98,12 +103,24 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 	}
 }
 
-// whyWriteFailed tells why a write failed. Under the adaptor every failure is the same
-// closed pipe, so the reason comes from the shutdown state and the time the write took.
-func (s *stream) whyWriteFailed() endReason {
+// sayGoodbye tells the client, as the server shuts down, to reconnect after a delay drawn at
+// random, so that its clients do not all come back at the same instant. The stream ends
+// either way, so a failed write changes nothing.
+func (s *stream) sayGoodbye() {
+	s.buf = appendRetry(s.buf[:0], s.cfg.spreadRetry(), "server shutting down")
+	_ = s.write(s.buf)
+	s.buf = s.buf[:0]
+}
+
+// whyWriteFailed tells why a write failed with err. Under net/http the error of a connection
+// that the kernel dropped by its user timeout says so; under the adaptor every failure is the
+// same closed pipe, so the reason comes from the shutdown state and the time the write took.
+func (s *stream) whyWriteFailed(err error) endReason {
 	switch {
 	case s.stop.started():
 		return endShutdown
+	case errors.Is(err, syscall.ETIMEDOUT):
+		return endDeadClient
 	case time.Since(s.lastWrite) >= s.cfg.WriteTimeout:
 		return endWriteTimeout
 	default:
@@ -169,4 +186,27 @@ func (s *stream) setWriteDeadline(deadline time.Time) error {
 		return err
 	}
 	return nil
+}
+
+// lifetimeJitter is the share of -max-lifetime by which each stream's lifetime moves at
+// random, up or down, so that streams opened together do not all end, and come back,
+// together.
+const lifetimeJitter = 0.1
+
+// jitterLifetime returns lifetime moved at random by up to lifetimeJitter of itself.
+func jitterLifetime(lifetime time.Duration) time.Duration {
+	spread := time.Duration(float64(lifetime) * lifetimeJitter)
+	if spread <= 0 {
+		return lifetime
+	}
+	return lifetime - spread + rand.N(2*spread+1)
+}
+
+// spreadRetry returns the reconnect delay to send when many clients may be told to come back
+// at once (at shutdown, over MaxClients): Retry plus a random share of RetrySpread.
+func (c *streamConfig) spreadRetry() time.Duration {
+	if c.RetrySpread <= 0 {
+		return c.Retry
+	}
+	return c.Retry + rand.N(c.RetrySpread+1)
 }
