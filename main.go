@@ -87,7 +87,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
 	}
 	if cfg.deadClientAfter > 0 {
-		if err := checkUserTimeout(ln.(*net.TCPListener)); err != nil {
+		if err := checkUserTimeout(); err != nil {
 			logger.Warn("-dead-client-timeout does not work on this system: a client that vanishes without closing its connection stays counted until the kernel gives up (about 15 minutes)", "error", err)
 		}
 	}

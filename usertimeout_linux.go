@@ -16,13 +16,21 @@ func setUserTimeout(conn syscall.Conn, d time.Duration) error {
 	})
 }
 
-// checkUserTimeout reports whether the kernel knows TCP_USER_TIMEOUT, by reading it from the
-// listening socket, so that start-up can say so when -dead-client-timeout cannot work.
-func checkUserTimeout(ln syscall.Conn) error {
-	return controlSocket(ln, func(fd int) error {
-		_, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT)
-		return err
-	})
+// checkUserTimeout reports whether the kernel takes TCP_USER_TIMEOUT, by setting it on a TCP
+// socket of its own, so that start-up can say so when -dead-client-timeout cannot work.
+func checkUserTimeout() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	}
+	if err != nil {
+		return fmt.Errorf("TCP_USER_TIMEOUT: open a TCP socket to try it on: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 1000); err != nil {
+		return fmt.Errorf("TCP_USER_TIMEOUT: %w", err)
+	}
+	return nil
 }
 
 // controlSocket runs fn on the file descriptor of conn.

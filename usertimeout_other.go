@@ -16,6 +16,6 @@ func setUserTimeout(syscall.Conn, time.Duration) error {
 
 // checkUserTimeout reports that this system has no TCP_USER_TIMEOUT, so that start-up says
 // -dead-client-timeout cannot work here.
-func checkUserTimeout(syscall.Conn) error {
+func checkUserTimeout() error {
 	return fmt.Errorf("TCP_USER_TIMEOUT: %w", errors.ErrUnsupported)
 }
