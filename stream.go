@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"syscall"
 	"time"
 )
 
@@ -16,7 +15,6 @@ type endReason string
 // The ways a stream ends.
 const (
 	endClientGone   endReason = "client_gone"   // a write failed: the client left
-	endDeadClient   endReason = "dead_client"   // the kernel gave up on a client that stopped acknowledging (-dead-client-timeout)
 	endWriteTimeout endReason = "write_timeout" // a write outlasted -write-timeout: the client stopped reading
 	endShutdown     endReason = "shutdown"      // the server is shutting down
 	endMaxLifetime  endReason = "max_lifetime"  // the stream reached -max-lifetime
@@ -52,10 +50,10 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 	// Headers go out before any byte of body: under the adaptor a write before the first
 	// flush pins a 32 KB buffer for the life of the stream.
 	if err := s.rc.Flush(); err != nil {
-		return s.whyWriteFailed(err), err
+		return s.whyWriteFailed(), err
 	}
 	if err := s.write(opening); err != nil {
-		return s.whyWriteFailed(err), err
+		return s.whyWriteFailed(), err
 	}
 	s.keepalive = time.NewTimer(s.cfg.Keepalive)
 	defer s.keepalive.Stop()
@@ -74,7 +72,7 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 				s.queue(<-events)
 			}
 			if err := s.flushEvents(); err != nil {
-				return s.whyWriteFailed(err), err
+				return s.whyWriteFailed(), err
 			}
 		case <-s.keepalive.C:
 			// Writes do not reset the timer, which would cost a timer-heap update per
@@ -84,7 +82,7 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 				continue
 			}
 			if err := s.write(keepaliveFrame); err != nil {
-				return s.whyWriteFailed(err), err
+				return s.whyWriteFailed(), err
 			}
 			s.keepalive.Reset(s.cfg.Keepalive)
 			keepalivesSent.Add(1)
@@ -112,15 +110,14 @@ func (s *stream) sayGoodbye() {
 	s.buf = s.buf[:0]
 }
 
-// whyWriteFailed tells why a write failed with err. Under net/http the error of a connection
-// that the kernel dropped by its user timeout says so; under the adaptor every failure is the
-// same closed pipe, so the reason comes from the shutdown state and the time the write took.
-func (s *stream) whyWriteFailed(err error) endReason {
+// whyWriteFailed tells why a write failed. Under the adaptor every failure is the same
+// closed pipe, so the reason comes from the shutdown state and the time the write took. A
+// client dropped by -dead-client-timeout counts as gone: the kernel's ETIMEDOUT reaches
+// neither the adaptor's writer nor, under net/http, the request's context.
+func (s *stream) whyWriteFailed() endReason {
 	switch {
 	case s.stop.started():
 		return endShutdown
-	case errors.Is(err, syscall.ETIMEDOUT):
-		return endDeadClient
 	case time.Since(s.lastWrite) >= s.cfg.WriteTimeout:
 		return endWriteTimeout
 	default:
