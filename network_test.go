@@ -535,29 +535,47 @@ func TestNetwork_MaxLifetimeEndsAreSpread(t *testing.T) {
 	}
 	wg.Wait()
 	close(lasted)
-	var got []time.Duration
+	var seen []time.Duration // by the clients, from the opening frame to the end
 	for d := range lasted {
-		got = append(got, d)
+		seen = append(seen, d)
 	}
-	if len(got) != streams {
-		t.Fatalf("%d of %d streams ended cleanly", len(got), streams)
+	if len(seen) != streams {
+		t.Fatalf("%d of %d streams ended cleanly", len(seen), streams)
 	}
-	slices.Sort(got)
+	// The clients see the ends spread: uniform over 400ms, the middle 90 % of 200 ends span
+	// about 360ms. A busy machine delays some reads, which only widens it.
+	slices.Sort(seen)
+	if span := seen[streams*95/100] - seen[streams*5/100]; span < window/2 {
+		t.Errorf("the middle 90 %% of stream ends span %s as the clients saw them, want at least %s of the %s window", span, window/2, window)
+	}
+
+	// The server's own durations, free of the clients' scheduling: a timer never fires
+	// early, so none is under the window, and some are 100ms or more under -max-lifetime,
+	// which only the jitter can do (a quarter of them on an idle machine; a busy one fires
+	// many timers late). Its duration starts just before the opening is written, a little
+	// before the lifetime's timer.
+	ended := regexp.MustCompile(`msg="client disconnected" .*duration=(\S+) .*reason=max_lifetime`)
+	var durations []time.Duration
+	for _, m := range ended.FindAllStringSubmatch(srv.logs.String(), -1) {
+		d, err := time.ParseDuration(m[1])
+		if err != nil {
+			t.Fatalf("duration=%s in the log: %v", m[1], err)
+		}
+		durations = append(durations, d)
+	}
+	if len(durations) != streams {
+		t.Fatalf("%d streams logged an end at max lifetime, want %d", len(durations), streams)
+	}
+	slices.Sort(durations)
 	low, high := lifetime-window/2, lifetime+window/2
-	if got[0] < low-100*time.Millisecond || got[len(got)-1] > high+1500*time.Millisecond {
-		t.Errorf("streams lasted %s to %s, want %s to %s (-max-lifetime ±10 %%)", got[0], got[len(got)-1], low, high)
+	if durations[0] < low || durations[streams-1] > high+time.Second {
+		t.Errorf("streams lasted %s to %s, want %s to %s (-max-lifetime ±10 %%, and up to 1s late on a busy machine)", durations[0], durations[streams-1], low, high)
 	}
-	// Spread over the window, not bunched: uniform over 400ms, the middle 90 % of 200
-	// ends span about 360ms, and about half of them fall on each side of the lifetime.
-	if span := got[len(got)*95/100] - got[len(got)*5/100]; span < window/2 {
-		t.Errorf("the middle 90 %% of stream ends span %s, want at least %s of the %s window", span, window/2, window)
+	if early, _ := slices.BinarySearch(durations, lifetime-window/4); early < streams/40 {
+		t.Errorf("%d of %d streams lasted %s or more less than -max-lifetime, want about a quarter", early, streams, window/4)
 	}
-	early, _ := slices.BinarySearch(got, lifetime)
-	if early < streams/4 || early > streams*3/4 {
-		t.Errorf("%d of %d streams ended before -max-lifetime, want about half", early, streams)
-	}
-	t.Logf("%d streams with -max-lifetime %s lasted %s to %s (5th to 95th percentile %s to %s)", streams, lifetime,
-		got[0].Round(time.Millisecond), got[len(got)-1].Round(time.Millisecond), got[len(got)*5/100].Round(time.Millisecond), got[len(got)*95/100].Round(time.Millisecond))
+	t.Logf("%d streams with -max-lifetime %s lasted %s to %s; the clients saw the middle 90 %% of ends spread over %s", streams, lifetime,
+		durations[0], durations[streams-1], (seen[streams*95/100] - seen[streams*5/100]).Round(time.Millisecond))
 }
 
 func TestNetwork_ShutdownSpreadsReconnects(t *testing.T) {
