@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ type config struct {
 	addr            string
 	adminAddr       string        // the operators' listener; empty turns it off
 	sendBuffer      int           // bytes of kernel send buffer per connection; 0 = kernel default
+	deadClientAfter time.Duration // TCP_USER_TIMEOUT of every connection; 0 = kernel default
 	readTimeout     time.Duration // longest time to read a request
 	idleTimeout     time.Duration // longest wait for the next request on a keep-alive connection
 	shutdownDelay   time.Duration // how long /readyz answers 503 before streams end
@@ -41,10 +43,12 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.DurationVar(&cfg.stream.Interval, "interval", time.Second, "how often each stream gets an event")
 	fs.DurationVar(&cfg.stream.Keepalive, "keepalive", 15*time.Second, "longest silence before a keepalive comment; also how soon a vanished client is noticed")
 	fs.DurationVar(&cfg.stream.Retry, "retry", 3*time.Second, "reconnect delay sent to clients")
+	fs.DurationVar(&cfg.stream.RetrySpread, "retry-spread", 3*time.Second, "at shutdown and over -max-clients, clients are told to reconnect after -retry plus a random delay up to this, so they come back spread out")
 	fs.DurationVar(&cfg.stream.MaxLifetime, "max-lifetime", 0, "end streams older than this, so clients reconnect with Last-Event-ID (0 = never)")
 	fs.DurationVar(&cfg.stream.WriteTimeout, "write-timeout", 10*time.Second, "deadline for each write; a client that stops reading is dropped")
 	fs.IntVar(&cfg.stream.Buffer, "buffer", 10, "events each client's channel holds")
-	fs.IntVar(&cfg.stream.MaxClients, "max-clients", 10000, "open streams allowed at once; more get 503")
+	fs.IntVar(&cfg.stream.MaxClients, "max-clients", 10000, "open streams allowed at once; more are told to come back later (EventSource by a retry:, others by 503)")
+	fs.DurationVar(&cfg.deadClientAfter, "dead-client-timeout", 30*time.Second, "drop a client that stops acknowledging data, or leaves its receive window shut, for this long (TCP_USER_TIMEOUT; 0 = kernel default, about 15 minutes)")
 	fs.IntVar(&cfg.sendBuffer, "send-buffer", 64<<10, "kernel send buffer per connection in bytes, so a stalled reader holds bounded memory (0 = kernel default)")
 	fs.DurationVar(&cfg.readTimeout, "read-timeout", 10*time.Second, "longest time to read a request; closes slow or stuck senders, never a stream")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 60*time.Second, "longest wait for the next request on a keep-alive connection")
@@ -119,6 +123,10 @@ func (cfg config) validate() error {
 	switch {
 	case cfg.stream.Retry < time.Millisecond:
 		return fmt.Errorf("invalid -retry %s: must be at least 1ms", cfg.stream.Retry)
+	case cfg.stream.RetrySpread < 0:
+		return fmt.Errorf("invalid -retry-spread %s: must be 0 (no spread) or more", cfg.stream.RetrySpread)
+	case cfg.deadClientAfter < 0 || cfg.deadClientAfter > maxDeadClientTimeout:
+		return fmt.Errorf("invalid -dead-client-timeout %s: must be 0 (kernel default) up to %s", cfg.deadClientAfter, maxDeadClientTimeout)
 	case cfg.stream.MaxLifetime < 0:
 		return fmt.Errorf("invalid -max-lifetime %s: must be 0 (never) or more", cfg.stream.MaxLifetime)
 	case cfg.stream.Buffer < 1:
@@ -179,6 +187,10 @@ func checkOrigin(origin string) error {
 	}
 	return nil
 }
+
+// maxDeadClientTimeout is the longest TCP_USER_TIMEOUT the kernel takes: a millisecond count
+// that fits an int.
+const maxDeadClientTimeout = math.MaxInt32 * time.Millisecond
 
 // printUsage prints every flag with its environment variable and default.
 func printUsage(fs *flag.FlagSet, w io.Writer) {

@@ -432,14 +432,20 @@ func TestFault_OverloadServesExactlyMaxClients(t *testing.T) {
 	const maxClients = 20
 	srv := startServer(t, "-max-clients", strconv.Itoa(maxClients), "-interval", "50ms")
 	start := time.Now()
+	rejectedBefore := metric(t, srv.adminURL, `sse_requests_rejected_total{reason="max_clients"}`)
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
-		statuses = map[int]int{}
+		answers  = map[string]int{}
 		conns    []net.Conn
+		requests = map[bool]string{ // by whether the client asks for text/event-stream by name, as EventSource does
+			false: streamRequest,
+			true:  "GET /sse HTTP/1.1\r\nHost: sse-dashboard\r\nAccept: text/event-stream\r\n\r\n",
+		}
 	)
 	ready := make(chan struct{})
-	for range 2 * maxClients {
+	for i := range 2 * maxClients {
+		eventSource := i%2 == 0
 		wg.Go(func() {
 			conn, err := net.DialTimeout("tcp", strings.TrimPrefix(srv.url, "http://"), 5*time.Second)
 			if err != nil {
@@ -448,25 +454,42 @@ func TestFault_OverloadServesExactlyMaxClients(t *testing.T) {
 			}
 			<-ready
 			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			io.WriteString(conn, streamRequest)
-			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			io.WriteString(conn, requests[eventSource])
+			reader := bufio.NewReader(conn)
+			resp, err := http.ReadResponse(reader, nil)
+			answer := "no answer"
+			if err == nil {
+				answer = overloadAnswer(resp, eventSource)
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			conns = append(conns, conn)
-			if err != nil {
-				t.Errorf("no HTTP answer: %v", err)
-				return
-			}
-			statuses[resp.StatusCode]++
-			if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") == "" {
-				t.Errorf("503 without Retry-After")
-			}
+			answers[answer]++
 		})
 	}
 	close(ready)
 	wg.Wait()
-	if statuses[http.StatusOK] != maxClients || statuses[http.StatusServiceUnavailable] != maxClients {
-		t.Errorf("statuses = %v, want %d × 200 and %d × 503", statuses, maxClients, maxClients)
+	served := answers["EventSource: stream"] + answers["other: stream"]
+	refused := answers["EventSource: retry later"] + answers["other: 503"]
+	if served != maxClients || refused != maxClients {
+		t.Errorf("answers = %v, want %d streams and %d refusals: a retry: stream for EventSource, 503 + Retry-After for others", answers, maxClients, maxClients)
+	}
+	// Which requests got in is up to the scheduler: one more of each kind gets each answer.
+	for eventSource, want := range map[bool]string{true: "EventSource: retry later", false: "other: 503"} {
+		conn := dialRaw(t, srv.url)
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, requests[eventSource])
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("no HTTP answer at the limit: %v", err)
+		}
+		if got := overloadAnswer(resp, eventSource); got != want {
+			t.Errorf("at the limit: got %q, want %q", got, want)
+		}
+		conn.Close()
+	}
+	if got := metric(t, srv.adminURL, `sse_requests_rejected_total{reason="max_clients"}`) - rejectedBefore; got != maxClients+2 {
+		t.Errorf("rejected went up by %v, want %d", got, maxClients+2)
 	}
 	if got := srv.healthClients(t); got != maxClients {
 		t.Errorf("open streams = %d, want %d", got, maxClients)
@@ -476,6 +499,41 @@ func TestFault_OverloadServesExactlyMaxClients(t *testing.T) {
 	}
 	leaks := expectBaseline(t, srv, 0)
 	record(soakRow{"overload: 2 × max clients at once", 2 * maxClients, time.Since(start), leaks, 0, 0})
+}
+
+// overloadAnswer names what a stream request got from a server at its limit: "stream" (a
+// served stream), "retry later" (the refusal stream EventSource survives) or "503", after
+// "EventSource: " or "other: " for the kind of request; anything else is described as is.
+func overloadAnswer(resp *http.Response, eventSource bool) string {
+	kind := map[bool]string{false: "other: ", true: "EventSource: "}[eventSource]
+	if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") != "" {
+		return kind + "503"
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		return fmt.Sprintf("%s%d %s", kind, resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	var first []byte
+	reader := bufio.NewReader(resp.Body)
+	for {
+		line, err := reader.ReadBytes('\n')
+		first = append(first, line...)
+		if err != nil || string(line) == "\n" {
+			break
+		}
+	}
+	frames := parseFrames(first)
+	switch {
+	case len(frames) != 1 || frames[0].retry == "" || len(frames[0].comments) != 1:
+		return fmt.Sprintf("%sfirst frame %q", kind, first)
+	case frames[0].comments[0] == "stream opened":
+		return kind + "stream"
+	case strings.Contains(frames[0].comments[0], "too many open streams"):
+		if rest, err := io.ReadAll(reader); err != nil || len(rest) != 0 {
+			return fmt.Sprintf("%srefusal went on with %q (%v)", kind, rest, err)
+		}
+		return kind + "retry later"
+	}
+	return fmt.Sprintf("%sfirst frame %q", kind, first)
 }
 
 func TestFault_SigtermEndsEveryStreamCleanly(t *testing.T) {

@@ -18,6 +18,7 @@ type streamConfig struct {
 	Interval     time.Duration // how often a producer makes an event
 	Keepalive    time.Duration // longest silence before a keepalive comment
 	Retry        time.Duration // reconnect delay announced to clients
+	RetrySpread  time.Duration // at most this is added at random to Retry at shutdown and over MaxClients
 	MaxLifetime  time.Duration // a stream older than this ends; 0 means never
 	WriteTimeout time.Duration // deadline for each write to a client
 	Buffer       int           // events a client's channel holds
@@ -130,8 +131,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.open.Add(1) > int64(h.cfg.MaxClients) {
 		h.open.Add(-1)
 		h.metrics.rejected[rejectMaxClients].Inc()
-		header.Set("Retry-After", strconv.Itoa(retryAfterSeconds(h.cfg.Retry)))
-		http.Error(w, "503 service unavailable: too many open streams, retry later", http.StatusServiceUnavailable)
+		h.refuse(w, r)
 		return
 	}
 	h.streams.Add(1)
@@ -183,6 +183,24 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.logger.Info("client disconnected", attrs...)
 }
+
+// refuse answers a request over MaxClients. A browser's EventSource fails for good on any
+// status but 200, so a request that names text/event-stream in its Accept header gets a
+// stream that only says when to come back (a retry: with a random share, so that refused
+// clients do not return together) and why, then ends: EventSource reconnects by itself, with
+// its Last-Event-ID. Anything else gets 503 with Retry-After.
+func (h *sseHandler) refuse(w http.ResponseWriter, r *http.Request) {
+	if !namesEventStream(r.Header.Values("Accept")) {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(h.cfg.Retry)))
+		http.Error(w, "503 service unavailable: too many open streams, retry later", http.StatusServiceUnavailable)
+		return
+	}
+	setStreamHeaders(w.Header())
+	_, _ = w.Write(appendRetry(nil, h.cfg.spreadRetry(), overloadComment)) // the request ends here either way
+}
+
+// overloadComment is the comment of the answer to an EventSource over MaxClients.
+const overloadComment = "too many open streams, reconnect later"
 
 // setStreamHeaders sets the headers of an event stream: no caching, and no buffering in
 // proxies that honour X-Accel-Buffering, such as nginx.

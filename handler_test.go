@@ -426,15 +426,17 @@ func TestStream_KeepaliveOnlyWhenSilent(t *testing.T) {
 }
 
 func TestStream_RejectsOverMaxClients(t *testing.T) {
-	srv := startServer(t, "-max-clients", "2", "-retry", "2s")
+	srv := startServer(t, "-max-clients", "2", "-retry", "2s", "-retry-spread", "1s")
 	first := openStream(t, srv.url, nil)
 	first.next(t)
 	second := openStream(t, srv.url, nil)
 	second.next(t)
+	rejectedBefore := metric(t, srv.adminURL, `sse_requests_rejected_total{reason="max_clients"}`)
 
+	// A client that does not ask for an event stream by name gets 503.
 	resp, body := srv.get(t, http.MethodGet, "/sse", nil)
 	if resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("third stream = %d, want 503", resp.StatusCode)
+		t.Fatalf("third stream without Accept = %d, want 503", resp.StatusCode)
 	}
 	if got := resp.Header.Get("Retry-After"); got != "2" {
 		t.Errorf("Retry-After = %q, want 2 (the -retry delay)", got)
@@ -442,13 +444,30 @@ func TestStream_RejectsOverMaxClients(t *testing.T) {
 	if strings.Count(strings.TrimSpace(body), "\n") != 0 || !strings.Contains(body, "too many") {
 		t.Errorf("503 body = %q, want a one-line reason", body)
 	}
+
+	// EventSource (Accept: text/event-stream) would give up for good on a 503: it gets a
+	// stream that says when to come back and why, then ends.
+	resp, body = srv.get(t, http.MethodGet, "/sse", http.Header{"Accept": {"text/event-stream"}})
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("third stream with Accept: text/event-stream = %d %q, want 200 text/event-stream", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	frames := parseFrames([]byte(body))
+	if len(frames) != 1 || frames[0].isEvent || len(frames[0].comments) != 1 || !strings.Contains(frames[0].comments[0], "too many open streams") {
+		t.Fatalf("refusal body = %q, want one frame with a retry: and a comment that says why", body)
+	}
+	if ms, err := strconv.Atoi(frames[0].retry); err != nil || ms < 2000 || ms > 3000 {
+		t.Errorf("refusal retry: %q, want -retry plus up to -retry-spread: 2000 to 3000 ms", frames[0].retry)
+	}
+	if got := metric(t, srv.adminURL, `sse_requests_rejected_total{reason="max_clients"}`) - rejectedBefore; got != 2 {
+		t.Errorf("rejected went up by %v for a 503 and a refusal stream, want 2", got)
+	}
 	if got := srv.healthClients(t); got != 2 {
-		t.Errorf("clients = %d after a rejection, want 2", got)
+		t.Errorf("clients = %d after two rejections, want 2", got)
 	}
 
 	first.close()
 	eventually(t, 20*time.Second, "the closed stream frees its place", func() bool { return srv.healthClients(t) < 2 })
-	openStream(t, srv.url, nil).next(t)
+	openStream(t, srv.url, http.Header{"Accept": {"text/event-stream"}}).nextEvent(t)
 }
 
 func TestStream_MaxLifetimeEndsAndNextResumes(t *testing.T) {

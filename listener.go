@@ -1,6 +1,9 @@
 package main
 
-import "net"
+import (
+	"net"
+	"time"
+)
 
 // sendBufferListener caps the kernel send buffer of every accepted connection. Linux grows
 // it up to 4 MiB otherwise, so a client that stops reading would pin that much memory and,
@@ -8,9 +11,14 @@ import "net"
 type sendBufferListener struct {
 	net.Listener
 	size int
+	// deadClientAfter is each connection's TCP_USER_TIMEOUT: how long sent data may stay
+	// unacknowledged, or the client's receive window shut, before the kernel drops the
+	// connection. It finds a client that vanished without a FIN or a reset (a phone off
+	// Wi-Fi), which otherwise counts as connected for about 15 minutes.
+	deadClientAfter time.Duration
 }
 
-// Accept accepts the next connection and sets its send buffer size.
+// Accept accepts the next connection and sets its send buffer size and user timeout.
 func (l sendBufferListener) Accept() (net.Conn, error) {
 	conn, err := l.Listener.Accept()
 	if err != nil {
@@ -18,7 +26,12 @@ func (l sendBufferListener) Accept() (net.Conn, error) {
 	}
 	if tcp, ok := conn.(*net.TCPConn); ok {
 		// A failure leaves the kernel's default, which costs memory but breaks nothing.
-		_ = tcp.SetWriteBuffer(l.size)
+		if l.size > 0 {
+			_ = tcp.SetWriteBuffer(l.size)
+		}
+		if l.deadClientAfter > 0 {
+			_ = setUserTimeout(tcp, l.deadClientAfter) // run warned at start-up where it cannot work
+		}
 	}
 	return conn, nil
 }

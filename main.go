@@ -91,8 +91,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
 	}
 	defer ln.Close()
-	if cfg.sendBuffer > 0 {
-		ln = sendBufferListener{Listener: ln, size: cfg.sendBuffer}
+	if cfg.deadClientAfter > 0 {
+		if err := checkUserTimeout(); err != nil {
+			logger.Warn("-dead-client-timeout does not work on this system: a client that vanishes without closing its connection stays counted until the kernel gives up (about 15 minutes)", "error", err)
+		}
+	}
+	if cfg.sendBuffer > 0 || cfg.deadClientAfter > 0 {
+		ln = sendBufferListener{Listener: ln, size: cfg.sendBuffer, deadClientAfter: cfg.deadClientAfter}
 	}
 	admin := &http.Server{Handler: adminHandler(streams.metrics), ReadHeaderTimeout: cfg.readTimeout}
 	adminAddr := ""
@@ -107,6 +112,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	logger.Info("listening", "addr", ln.Addr().String(), "admin_addr", adminAddr, "interval", cfg.stream.Interval,
 		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
+		"retry_spread", cfg.stream.RetrySpread, "dead_client_timeout", cfg.deadClientAfter,
 		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
 		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
 		"idle_timeout", cfg.idleTimeout, "shutdown_delay", cfg.shutdownDelay, "shutdown_timeout", cfg.shutdownTimeout,

@@ -377,6 +377,9 @@ func TestConfig_RefusesBadValues(t *testing.T) {
 		{"zero max clients", []string{"-max-clients", "0"}, nil, "-max-clients"},
 		{"zero write timeout", []string{"-write-timeout", "0s"}, nil, "-write-timeout"},
 		{"zero shutdown timeout", []string{"-shutdown-timeout", "0s"}, nil, "-shutdown-timeout"},
+		{"negative retry spread", []string{"-retry-spread", "-1s"}, nil, "-retry-spread"},
+		{"negative dead client timeout", []string{"-dead-client-timeout", "-1s"}, nil, "-dead-client-timeout"},
+		{"dead client timeout over the kernel's limit", []string{"-dead-client-timeout", "1000h"}, nil, "-dead-client-timeout"},
 		{"not a duration", []string{"-interval", "fast"}, nil, "-interval"},
 		{"unknown flag", []string{"-nope"}, nil, "-nope"},
 		{"stray argument", []string{"extra"}, nil, `"extra"`},
@@ -415,10 +418,10 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 	}{
 		{"defaults", nil, nil, func(c config) bool {
 			return c == config{
-				addr: ":3000", adminAddr: "127.0.0.1:3001", logFormat: "text", sendBuffer: 64 << 10, readTimeout: 10 * time.Second, idleTimeout: time.Minute,
-				shutdownTimeout: 5 * time.Second,
+				addr: ":3000", adminAddr: "127.0.0.1:3001", logFormat: "text", sendBuffer: 64 << 10, readTimeout: 10 * time.Second,
+				idleTimeout: time.Minute, shutdownTimeout: 5 * time.Second, deadClientAfter: 30 * time.Second,
 				stream: streamConfig{Interval: time.Second, Keepalive: 15 * time.Second, Retry: 3 * time.Second,
-					WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000},
+					RetrySpread: 3 * time.Second, WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000},
 			}
 		}},
 		{"bad env under a flag is not read", []string{"-interval", "2s"}, map[string]string{"INTERVAL": "soon"}, func(c config) bool {
@@ -457,7 +460,8 @@ func TestConfig_HelpListsEveryFlag(t *testing.T) {
 		"-retry (RETRY", "-max-lifetime (MAX_LIFETIME", "-write-timeout (WRITE_TIMEOUT", "-buffer (BUFFER",
 		"-max-clients (MAX_CLIENTS", "-send-buffer (SEND_BUFFER", "-read-timeout (READ_TIMEOUT",
 		"-idle-timeout (IDLE_TIMEOUT", "-shutdown-timeout (SHUTDOWN_TIMEOUT", "-v (VERBOSE", "-admin-addr (ADMIN_ADDR",
-		"-shutdown-delay (SHUTDOWN_DELAY", "-log-format (LOG_FORMAT", "-version\n", "-page-sources (PAGE_SOURCES"} {
+		"-shutdown-delay (SHUTDOWN_DELAY", "-log-format (LOG_FORMAT", "-version\n", "-page-sources (PAGE_SOURCES",
+		"-retry-spread (RETRY_SPREAD", "-dead-client-timeout (DEAD_CLIENT_TIMEOUT"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("-h output lacks %q:\n%s", want, out.String())
 		}

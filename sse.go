@@ -77,6 +77,23 @@ func resumeID(r *http.Request) (id uint64, ok bool) {
 	return parseLastEventID(r.URL.Query().Get("lastEventID"))
 }
 
+// namesEventStream reports whether a request's Accept headers name text/event-stream itself,
+// as EventSource and SSE client libraries do, rather than allow it by a wildcard or by
+// sending no Accept header at all.
+func namesEventStream(accept []string) bool {
+	for _, value := range accept {
+		for item := range strings.SplitSeq(value, ",") {
+			mediaType, params, err := mime.ParseMediaType(item)
+			if err != nil || mediaType != "text/event-stream" {
+				continue
+			}
+			q, err := strconv.ParseFloat(params["q"], 64)
+			return err != nil || q != 0
+		}
+	}
+	return false
+}
+
 // acceptsEventStream reports whether a request's Accept headers allow text/event-stream.
 // No Accept header means anything goes, as for curl; text/event-stream;q=0 refuses it even
 // beside a wildcard.

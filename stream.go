@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"time"
 )
@@ -59,7 +60,7 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 	defer s.keepalive.Stop()
 	var lifetime <-chan time.Time
 	if s.cfg.MaxLifetime > 0 {
-		timer := time.NewTimer(s.cfg.MaxLifetime)
+		timer := time.NewTimer(jitterLifetime(s.cfg.MaxLifetime))
 		defer timer.Stop()
 		lifetime = timer.C
 	}
@@ -89,9 +90,11 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 		case <-lifetime:
 			return endMaxLifetime, nil
 		case <-s.stop.done:
+			s.sayGoodbye()
 			return endShutdown, nil
 		case <-requestDone:
 			if s.stop.started() {
+				s.sayGoodbye()
 				return endShutdown, nil
 			}
 			return endClientGone, nil
@@ -99,8 +102,19 @@ func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-cha
 	}
 }
 
+// sayGoodbye tells the client, as the server shuts down, to reconnect after a delay drawn at
+// random, so that its clients do not all come back at the same instant. The stream ends
+// either way, so a failed write changes nothing.
+func (s *stream) sayGoodbye() {
+	s.buf = appendRetry(s.buf[:0], s.cfg.spreadRetry(), "server shutting down")
+	_ = s.write(s.buf)
+	s.buf = s.buf[:0]
+}
+
 // whyWriteFailed tells why a write failed. Under the adaptor every failure is the same
-// closed pipe, so the reason comes from the shutdown state and the time the write took.
+// closed pipe, so the reason comes from the shutdown state and the time the write took. A
+// client dropped by -dead-client-timeout counts as gone: the kernel's ETIMEDOUT reaches
+// neither the adaptor's writer nor, under net/http, the request's context.
 func (s *stream) whyWriteFailed() endReason {
 	switch {
 	case s.stop.started():
@@ -171,4 +185,27 @@ func (s *stream) setWriteDeadline(deadline time.Time) error {
 		return err
 	}
 	return nil
+}
+
+// lifetimeJitter is the share of -max-lifetime by which each stream's lifetime moves at
+// random, up or down, so that streams opened together do not all end, and come back,
+// together.
+const lifetimeJitter = 0.1
+
+// jitterLifetime returns lifetime moved at random by up to lifetimeJitter of itself.
+func jitterLifetime(lifetime time.Duration) time.Duration {
+	spread := time.Duration(float64(lifetime) * lifetimeJitter)
+	if spread <= 0 {
+		return lifetime
+	}
+	return lifetime - spread + rand.N(2*spread+1)
+}
+
+// spreadRetry returns the reconnect delay to send when many clients may be told to come back
+// at once (at shutdown, over MaxClients): Retry plus a random share of RetrySpread.
+func (c *streamConfig) spreadRetry() time.Duration {
+	if c.RetrySpread <= 0 {
+		return c.Retry
+	}
+	return c.Retry + rand.N(c.RetrySpread+1)
 }
