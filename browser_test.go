@@ -965,8 +965,9 @@ func TestBrowser_ReconnectResumesAfterLastEventID(t *testing.T) {
 }
 
 func TestBrowser_SurvivesServerRestartOnSamePort(t *testing.T) {
-	// -v logs each connect, with the id it resumed after.
-	flags := []string{"-interval", "50ms", "-retry", "200ms", "-v"}
+	// -v logs each connect, with the id it resumed after. The chart spans 60 intervals, 12 s
+	// at 200ms: the values from before the outage stay in sight however long it takes.
+	flags := []string{"-interval", "200ms", "-retry", "200ms", "-retry-spread", "300ms", "-v"}
 	srv := startServer(t, flags...)
 	b := newBrowser(t)
 
