@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"embed"
 	"errors"
@@ -80,6 +81,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: level}))
+	if err := fitMaxClients(&cfg, logger); err != nil {
+		return err
+	}
 
 	app, streams := newApp(cfg, logger)
 	ln, err := net.Listen("tcp", cfg.addr)
@@ -89,11 +93,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if cfg.sendBuffer > 0 {
 		ln = sendBufferListener{Listener: ln, size: cfg.sendBuffer}
 	}
+	ln = newConnListener(ln, logger)
 	logger.Info("listening", "addr", ln.Addr().String(), "interval", cfg.stream.Interval,
 		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
 		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
 		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
-		"idle_timeout", cfg.idleTimeout, "shutdown_timeout", cfg.shutdownTimeout, "verbose", cfg.verbose)
+		"idle_timeout", cfg.idleTimeout, "shutdown_timeout", cfg.shutdownTimeout, "body_limit", cfg.bodyLimit,
+		"max_header_bytes", cfg.maxHeaderBytes, "fd_margin", cfg.fdMargin, "log_rate", cfg.stream.LogRate, "verbose", cfg.verbose)
 
 	served := make(chan error, 1)
 	go func() { served <- app.Listener(ln) }()
@@ -129,6 +135,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return nil
 }
 
+// fitMaxClients lowers -max-clients, with a warning, to what the open-file limit can hold
+// beside -fd-margin other files. Lowering rather than refusing to start keeps the default
+// working wherever the limit is low, and clients over the limit get the overload answer.
+func fitMaxClients(cfg *config, logger *slog.Logger) error {
+	limit, err := openFileLimit()
+	if err != nil {
+		return err
+	}
+	fitted, err := fitOpenFiles(cfg.stream.MaxClients, limit, cfg.fdMargin)
+	if err != nil {
+		return err
+	}
+	if fitted < cfg.stream.MaxClients {
+		logger.Warn("lowering -max-clients to fit the open-file limit", "max_clients", fitted,
+			"asked", cfg.stream.MaxClients, "open_file_limit", limit, "fd_margin", cfg.fdMargin)
+		cfg.stream.MaxClients = fitted
+	}
+	return nil
+}
+
 // newApp builds the Fiber app with every route, and returns the SSE handler so that
 // callers can read how many streams are open and shut them down.
 func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
@@ -137,12 +163,18 @@ func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
 		ReadTimeout:           cfg.readTimeout,
 		IdleTimeout:           cfg.idleTimeout,
 		ErrorHandler:          handleError(logger),
+		// No route takes a body: one announced over the limit gets 413 before a byte of
+		// it is read or allocated.
+		BodyLimit: cfg.bodyLimit,
+		// The read buffer bounds the request line and headers; with ReduceMemoryUsage it
+		// goes back to the pool once the request is read, so a stream does not keep it.
+		ReadBufferSize: cfg.maxHeaderBytes,
 		// A stream only writes, and its events are small: let go of the read buffer once
 		// the request is read, and keep a small write buffer.
 		ReduceMemoryUsage: true,
 		WriteBufferSize:   1024,
 	})
-	app.Use(recover.New(), rejectAmbiguousPaths)
+	app.Use(recover.New(), rejectUnknownVersions, rejectAmbiguousPaths)
 
 	streams := handleSSE(cfg.stream, logger)
 	page := handlePage()
@@ -155,6 +187,17 @@ func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
 	app.Get("/healthz", handleHealth(streams))
 	app.Get("/debug/vars", adaptor.HTTPHandler(expvar.Handler()))
 	return app, streams
+}
+
+// rejectUnknownVersions answers 505 to a request in any HTTP version but 1.x. fasthttp
+// would serve HTTP/0.9 or HTTP/9.9 as if it were HTTP/1.0; a later 1.x is served as 1.1.
+func rejectUnknownVersions(c *fiber.Ctx) error {
+	proto := c.Request().Header.Protocol()
+	if len(proto) != len("HTTP/1.1") || !bytes.HasPrefix(proto, []byte("HTTP/1.")) || proto[7] < '0' || proto[7] > '9' {
+		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
+		return c.Status(fiber.StatusHTTPVersionNotSupported).SendString("505 http version not supported: this server speaks HTTP/1.0 and HTTP/1.1\n")
+	}
+	return c.Next()
 }
 
 // rejectAmbiguousPaths answers 400 to a path with dot segments, encoded slashes, dots or

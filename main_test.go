@@ -30,6 +30,7 @@ const helperEnv = "SSE_DASHBOARD_MAIN"
 // soak table when -soak asked for one.
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) == "1" {
+		limitOpenFiles(os.Getenv(openFilesEnv))
 		runMainProfiled(os.Getenv("CPUPROFILE"))
 		os.Exit(0)
 	}
@@ -80,11 +81,17 @@ func startProcess(t testing.TB, args ...string) *serverProcess {
 // startProcessAs is startProcess with env choosing what the process serves.
 func startProcessAs(t testing.TB, env string, args ...string) *serverProcess {
 	t.Helper()
+	return startProcessEnv(t, []string{env}, args...)
+}
+
+// startProcessEnv is startProcess with env added to the process's environment.
+func startProcessEnv(t testing.TB, env []string, args ...string) *serverProcess {
+	t.Helper()
 	logs := newLogBuffer()
 	cmd := exec.Command(os.Args[0], append([]string{"-addr", "127.0.0.1:0"}, args...)...)
 	// GORACE: a race-enabled binary otherwise sleeps a second before it exits, which
 	// would count against every shutdown time measured here.
-	cmd.Env = []string{env, "CPUPROFILE=" + os.Getenv("CPUPROFILE"), "GORACE=atexit_sleep_ms=0"}
+	cmd.Env = append(env, "CPUPROFILE="+os.Getenv("CPUPROFILE"), "GORACE=atexit_sleep_ms=0")
 	cmd.Stdout = logs
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
@@ -330,6 +337,10 @@ func TestConfig_RefusesBadValues(t *testing.T) {
 		{"stray argument", []string{"extra"}, nil, `"extra"`},
 		{"bad env", nil, map[string]string{"INTERVAL": "0"}, "-interval"},
 		{"unparsable env", nil, map[string]string{"MAX_CLIENTS": "many"}, "MAX_CLIENTS"},
+		{"zero body limit", []string{"-body-limit", "0"}, nil, "-body-limit"},
+		{"tiny header limit", []string{"-max-header-bytes", "512"}, nil, "-max-header-bytes"},
+		{"negative fd margin", []string{"-fd-margin", "-1"}, nil, "-fd-margin"},
+		{"negative log rate", nil, map[string]string{"LOG_RATE": "-5"}, "-log-rate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -356,9 +367,9 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 		{"defaults", nil, nil, func(c config) bool {
 			return c == config{
 				addr: ":3000", sendBuffer: 64 << 10, readTimeout: 10 * time.Second, idleTimeout: time.Minute,
-				shutdownTimeout: 5 * time.Second,
+				shutdownTimeout: 5 * time.Second, bodyLimit: 4 << 10, maxHeaderBytes: 16 << 10, fdMargin: 64,
 				stream: streamConfig{Interval: time.Second, Keepalive: 15 * time.Second, Retry: 3 * time.Second,
-					WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000},
+					WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000, LogRate: 50},
 			}
 		}},
 		{"bad env under a flag is not read", []string{"-interval", "2s"}, map[string]string{"INTERVAL": "soon"}, func(c config) bool {
@@ -371,6 +382,9 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 			return c.stream.MaxClients == 7 && c.stream.MaxLifetime == time.Minute
 		}},
 		{"VERBOSE", nil, map[string]string{"VERBOSE": "true"}, func(c config) bool { return c.verbose }},
+		{"limits", nil, map[string]string{"BODY_LIMIT": "1", "MAX_HEADER_BYTES": "8192", "FD_MARGIN": "0", "LOG_RATE": "0"}, func(c config) bool {
+			return c.bodyLimit == 1 && c.maxHeaderBytes == 8192 && c.fdMargin == 0 && c.stream.LogRate == 0
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -393,7 +407,8 @@ func TestConfig_HelpListsEveryFlag(t *testing.T) {
 	for _, want := range []string{"-addr (ADDR", `":3000"`, "-interval (INTERVAL", "-keepalive (KEEPALIVE",
 		"-retry (RETRY", "-max-lifetime (MAX_LIFETIME", "-write-timeout (WRITE_TIMEOUT", "-buffer (BUFFER",
 		"-max-clients (MAX_CLIENTS", "-send-buffer (SEND_BUFFER", "-read-timeout (READ_TIMEOUT",
-		"-idle-timeout (IDLE_TIMEOUT", "-shutdown-timeout (SHUTDOWN_TIMEOUT", "-v (VERBOSE"} {
+		"-idle-timeout (IDLE_TIMEOUT", "-shutdown-timeout (SHUTDOWN_TIMEOUT", "-body-limit (BODY_LIMIT",
+		"-max-header-bytes (MAX_HEADER_BYTES", "-fd-margin (FD_MARGIN", "-log-rate (LOG_RATE", "-v (VERBOSE"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("-h output lacks %q:\n%s", want, out.String())
 		}
