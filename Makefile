@@ -26,7 +26,7 @@ fuzz: ## fuzz the frame writer and the Last-Event-ID parser (FUZZTIME=1m)
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLastEventID$$' -fuzztime $(or $(FUZZTIME),1m) .
 
 soak: ## the long fault scenarios, with a table of what they left behind
-	$(GO) test -count=1 -timeout 20m -run '^TestFault_' -v . -soak | grep -Ev '^(=== RUN|--- PASS|    --- PASS)'
+	$(GO) test -count=1 -timeout 20m -run '^Test(Fault|Hostile)_' -v . -soak | grep -Ev '^(=== RUN|--- PASS|    --- PASS)'
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
