@@ -118,7 +118,9 @@ func processBaseline(t *testing.T, p *serverProcess, want int, goroutinesBefore 
 
 func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
 	nofile := scale(512, 10000)
-	proc := startLimitedProcess(t, nofile, "-interval", "20ms", "-read-timeout", "1s")
+	// The idle connections must outlive the time it takes to open them all.
+	readTimeout := time.Duration(scale(1, 10)) * time.Second
+	proc := startLimitedProcess(t, nofile, "-interval", "20ms", "-read-timeout", readTimeout.String())
 	canary := openCanaries(t, proc.url, 2)
 	goroutines := counter(t, proc.url, "goroutines")
 	errorsBefore, _ := tryCounter(proc.url, "accept_errors")
@@ -139,7 +141,7 @@ func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
 			c.Close()
 		}
 	})
-	eventually(t, 20*time.Second, "the server runs out of file descriptors and says so", func() bool {
+	eventually(t, 2*readTimeout+20*time.Second, "the server runs out of file descriptors and says so", func() bool {
 		proc.running(t)
 		n, ok := tryCounter(proc.url, "accept_errors")
 		return ok && n > errorsBefore
@@ -149,7 +151,7 @@ func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
 	var open atomic.Int64
 	for _, c := range idle {
 		wg.Go(func() {
-			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			c.SetReadDeadline(time.Now().Add(3*readTimeout + 20*time.Second))
 			if _, err := io.Copy(io.Discard, c); err != nil {
 				open.Add(1)
 			}
@@ -157,7 +159,7 @@ func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
 	}
 	wg.Wait()
 	if n := open.Load(); n > 0 {
-		t.Errorf("%d of %d idle connections still open after 30s, want every one closed by -read-timeout", n, len(idle))
+		t.Errorf("%d of %d idle connections still open after %s, want every one closed by -read-timeout", n, len(idle), 3*readTimeout+20*time.Second)
 	}
 	proc.running(t)
 	gaps := canary.check(time.Second)

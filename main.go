@@ -166,11 +166,10 @@ func newApp(cfg config, logger *slog.Logger) (*fiber.App, *sseHandler) {
 		// No route takes a body: one announced over the limit gets 413 before a byte of
 		// it is read or allocated.
 		BodyLimit: cfg.bodyLimit,
-		// The read buffer bounds the request line and headers; with ReduceMemoryUsage it
-		// goes back to the pool once the request is read, so a stream does not keep it.
+		// The read buffer bounds the request line and headers together.
 		ReadBufferSize: cfg.maxHeaderBytes,
 		// A stream only writes, and its events are small: let go of the read buffer once
-		// the request is read, and keep a small write buffer.
+		// the request is read, so a stream does not keep it, and keep a small write buffer.
 		ReduceMemoryUsage: true,
 		WriteBufferSize:   1024,
 	})
