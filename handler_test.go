@@ -652,3 +652,25 @@ func FuzzParseLastEventID(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseQValue checks the weight parser against RFC 9110's grammar for a qvalue:
+// "0" [ "." 0*3DIGIT ] or "1" [ "." 0*3("0") ], read as a decimal number.
+func FuzzParseQValue(f *testing.F) {
+	for _, seed := range []string{"0", "1", "0.5", "1.000", "1.001", "0.1234", "-1", "2", "NaN", "1e-1", "", ".5", "0."} {
+		f.Add(seed)
+	}
+	grammar := regexp.MustCompile(`^(0(\.[0-9]{0,3})?|1(\.0{0,3})?)$`)
+	f.Fuzz(func(t *testing.T, q string) {
+		weight, ok := parseQValue(q)
+		if want := grammar.MatchString(q); ok != want {
+			t.Fatalf("parseQValue(%q) ok = %t, want %t", q, ok, want)
+		}
+		if !ok {
+			return
+		}
+		want, err := strconv.ParseFloat(q, 64)
+		if err != nil || weight != want || weight < 0 || weight > 1 {
+			t.Fatalf("parseQValue(%q) = %v, want %v within [0, 1]", q, weight, want)
+		}
+	})
+}

@@ -240,6 +240,7 @@ type errListener struct {
 	closed chan struct{}
 }
 
+// Accept returns the next error, or net.ErrClosed once the listener is closed.
 func (l *errListener) Accept() (net.Conn, error) {
 	l.mu.Lock()
 	if len(l.errs) > 0 {
@@ -253,6 +254,7 @@ func (l *errListener) Accept() (net.Conn, error) {
 	return nil, net.ErrClosed
 }
 
+// Close ends the Accept that waits.
 func (l *errListener) Close() error {
 	close(l.closed)
 	return nil
