@@ -22,12 +22,13 @@ test: lint ## vet, every test with the race detector, then a short fuzz run
 	$(GO) test -race -count=1 ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
-fuzz: ## fuzz the frame writer and the Last-Event-ID parser (FUZZTIME=1m)
+fuzz: ## fuzz the frame writer, the Last-Event-ID parser and Accept's weights (FUZZTIME=1m)
 	$(GO) test -run '^$$' -fuzz '^FuzzAppendEvent$$' -fuzztime $(or $(FUZZTIME),1m) .
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLastEventID$$' -fuzztime $(or $(FUZZTIME),1m) .
+	$(GO) test -run '^$$' -fuzz '^FuzzParseQValue$$' -fuzztime $(or $(FUZZTIME),1m) .
 
 soak: ## the long fault scenarios, with a table of what they left behind
-	$(GO) test -count=1 -timeout 20m -run '^TestFault_' -v . -soak | grep -Ev '^(=== RUN|--- PASS|    --- PASS)'
+	$(GO) test -count=1 -timeout 20m -run '^Test(Fault|Hostile)_' -v . -soak | grep -Ev '^(=== RUN|--- PASS|    --- PASS)'
 
 stress: ## the whole suite three times while busy loops hold every core (a busy machine)
 	@hogs=; for i in $$(seq $$(nproc)); do timeout 45m sh -c 'while :; do :; done' & hogs="$$hogs $$!"; done; \

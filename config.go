@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -21,6 +22,9 @@ type config struct {
 	idleTimeout     time.Duration // longest wait for the next request on a keep-alive connection
 	shutdownDelay   time.Duration // how long /readyz answers 503 before streams end
 	shutdownTimeout time.Duration
+	bodyLimit       int // largest request body read; a larger one announced gets 413 unread
+	maxHeaderBytes  int // largest request line and headers together; more gets 431
+	fdMargin        int // open files kept for other than streams when -max-clients meets the limit
 	verbose         bool
 	logFormat       string // text or json
 	version         bool   // print the version and exit
@@ -54,6 +58,10 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 60*time.Second, "longest wait for the next request on a keep-alive connection")
 	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz answering 503, so load balancers stop sending clients first")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long shutdown may take, after -shutdown-delay")
+	fs.IntVar(&cfg.bodyLimit, "body-limit", 4<<10, "largest request body in bytes; no route takes one, and a larger one announced gets 413 without being read")
+	fs.IntVar(&cfg.maxHeaderBytes, "max-header-bytes", 16<<10, "largest request line and headers in bytes, as browsers and nginx allow; more gets 431")
+	fs.IntVar(&cfg.fdMargin, "fd-margin", 64, "open files kept for the listener, the page and health checks: -max-clients is lowered to the open-file limit minus this")
+	fs.IntVar(&cfg.stream.LogRate, "log-rate", 50, "stream-end lines logged per second at most, then one summary line a second of those not logged (0 = no limit)")
 	fs.BoolVar(&cfg.verbose, "v", false, "log every connect and every event (debug level)")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&cfg.version, "version", false, "print the version and exit")
@@ -135,6 +143,14 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -send-buffer %d: must be 0 (kernel default) or more", cfg.sendBuffer)
 	case cfg.stream.MaxClients < 1:
 		return fmt.Errorf("invalid -max-clients %d: must be at least 1", cfg.stream.MaxClients)
+	case cfg.bodyLimit < 1:
+		return fmt.Errorf("invalid -body-limit %d: must be at least 1", cfg.bodyLimit)
+	case cfg.maxHeaderBytes < 1<<10:
+		return fmt.Errorf("invalid -max-header-bytes %d: must be at least 1024", cfg.maxHeaderBytes)
+	case cfg.fdMargin < 0:
+		return fmt.Errorf("invalid -fd-margin %d: must be 0 or more", cfg.fdMargin)
+	case cfg.stream.LogRate < 0:
+		return fmt.Errorf("invalid -log-rate %d: must be 0 (no limit) or more", cfg.stream.LogRate)
 	case cfg.addr == "":
 		return errors.New("invalid -addr: must not be empty")
 	case cfg.shutdownDelay < 0:
@@ -202,4 +218,28 @@ func printUsage(fs *flag.FlagSet, w io.Writer) {
 			fmt.Fprintf(w, "  -%s\n    \t%s\n", f.Name, f.Usage)
 		}
 	})
+}
+
+// fitOpenFiles returns how many streams fit in an open-file limit of limit while keeping
+// margin files for everything else, at most maxClients. Every stream holds a connection,
+// and running out of files would leave new clients waiting in the kernel's queue instead
+// of getting the overload answer.
+func fitOpenFiles(maxClients int, limit uint64, margin int) (int, error) {
+	if limit <= uint64(margin) {
+		return 0, fmt.Errorf("the open-file limit %d leaves no room for streams with -fd-margin %d: raise it (ulimit -n) or lower -fd-margin", limit, margin)
+	}
+	if room := limit - uint64(margin); room < uint64(maxClients) {
+		return int(room), nil
+	}
+	return maxClients, nil
+}
+
+// openFileLimit returns the process's limit on open files. Go raises the soft limit to the
+// hard one at start-up, so this is the most the process can open.
+func openFileLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, fmt.Errorf("read the open-file limit: %w", err)
+	}
+	return rl.Cur, nil
 }

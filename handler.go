@@ -23,6 +23,7 @@ type streamConfig struct {
 	WriteTimeout time.Duration // deadline for each write to a client
 	Buffer       int           // events a client's channel holds
 	MaxClients   int           // open streams allowed at once
+	LogRate      int           // stream-end lines logged per second at most; 0 means every one
 }
 
 // shutdown is the SSE handler's own done signal. It works the same under any server: the
@@ -59,6 +60,7 @@ type sseHandler struct {
 	logger  *slog.Logger
 	metrics *metrics
 	opening []byte       // the first bytes of every stream: the retry delay and a comment
+	endLog  *logLimit    // bounds the lines that say why a stream ended
 	open    atomic.Int64 // streams open now, for MaxClients, /healthz and the metrics
 	stop    shutdown
 	streams sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
@@ -74,6 +76,7 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 		cfg:     cfg,
 		logger:  logger,
 		opening: appendRetry(nil, cfg.Retry, "stream opened"),
+		endLog:  newLogLimit(logger, cfg.LogRate, "client disconnected lines not logged"),
 		stop:    shutdown{done: make(chan struct{})},
 		writers: make(map[*http.ResponseController]struct{}),
 	}
@@ -93,7 +96,8 @@ func (h *sseHandler) Shutdown(deadline time.Time) {
 	}
 }
 
-// Wait waits until every stream has ended and logged why, or ctx ends first.
+// Wait waits until every stream has ended and logged why, with a summary of the lines over
+// the log rate, or ctx ends first.
 func (h *sseHandler) Wait(ctx context.Context) error {
 	ended := make(chan struct{})
 	go func() {
@@ -102,6 +106,7 @@ func (h *sseHandler) Wait(ctx context.Context) error {
 	}()
 	select {
 	case <-ended:
+		h.endLog.flush()
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -118,7 +123,11 @@ func (h *sseHandler) Clients() int64 {
 func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	header := w.Header()
 	header.Set("Access-Control-Allow-Origin", "*")
-	if !acceptsEventStream(r.Header.Values("Accept")) {
+	if ok, err := acceptsEventStream(r.Header.Values("Accept")); err != nil {
+		h.metrics.rejected[rejectBadRequest].Inc()
+		http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	} else if !ok {
 		h.metrics.rejected[rejectNotAcceptable].Inc()
 		http.Error(w, "406 not acceptable: /sse only serves text/event-stream", http.StatusNotAcceptable)
 		return
@@ -150,9 +159,20 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer stopProducer()
 	go produce(ctx, client.events, h.cfg.Interval)
 
+	rc := http.NewResponseController(w)
+	if !r.ProtoAtLeast(1, 1) {
+		// HTTP/1.0 has no chunked framing, which is the only one fasthttp gives a stream.
+		cd, err := hijackCloseDelimited(rc, header)
+		if err != nil {
+			h.logger.Warn("HTTP/1.0 stream not opened", "client", client.name, "error", err.Error())
+			return
+		}
+		defer cd.Close()
+		w, rc = cd, http.NewResponseController(cd)
+	}
 	s := stream{
 		w:      w,
-		rc:     http.NewResponseController(w),
+		rc:     rc,
 		cfg:    &h.cfg,
 		stop:   &h.stop,
 		m:      h.metrics,
@@ -178,10 +198,13 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.metrics.streamLength.Observe(lasted.Seconds())
 	attrs := []any{"client", client.name, "duration", lasted.Round(time.Millisecond),
 		"events", s.sent, "last_id", s.lastID, "reason", string(reason)}
-	if err != nil {
+	// A client that leaves is ordinary: what the write said about it would only mislead.
+	if err != nil && reason != endClientGone {
 		attrs = append(attrs, "error", err.Error())
 	}
-	h.logger.Info("client disconnected", attrs...)
+	if h.endLog.allow(string(reason)) {
+		h.logger.Info("client disconnected", attrs...)
+	}
 }
 
 // refuse answers a request over MaxClients. A browser's EventSource fails for good on any
@@ -203,11 +226,11 @@ func (h *sseHandler) refuse(w http.ResponseWriter, r *http.Request) {
 const overloadComment = "too many open streams, reconnect later"
 
 // setStreamHeaders sets the headers of an event stream: no caching, and no buffering in
-// proxies that honour X-Accel-Buffering, such as nginx.
+// proxies that honour X-Accel-Buffering, such as nginx. Connection is the server's: a
+// hop-by-hop header that HTTP/1.1 needs no value in to keep the connection open.
 func setStreamHeaders(header http.Header) {
 	header.Set("Content-Type", "text/event-stream")
 	header.Set("Cache-Control", "no-cache")
-	header.Set("Connection", "keep-alive")
 	header.Set("X-Accel-Buffering", "no")
 }
 

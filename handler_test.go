@@ -232,10 +232,12 @@ func TestStream_Headers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// No Connection header: it is hop-by-hop, and HTTP/1.1 keeps the connection open
+	// without one (RFC 9112, section 9.3).
 	want := map[string]string{
 		"Content-Type":                "text/event-stream",
 		"Cache-Control":               "no-cache",
-		"Connection":                  "keep-alive",
+		"Connection":                  "",
 		"Access-Control-Allow-Origin": "*",
 		"X-Accel-Buffering":           "no",
 		"Content-Length":              "",
@@ -604,24 +606,39 @@ func TestNextUsers_StaysWithinBounds(t *testing.T) {
 
 func TestAcceptsEventStream(t *testing.T) {
 	tests := []struct {
-		name   string
-		accept []string
-		want   bool
+		name    string
+		accept  []string
+		want    bool
+		wantErr bool
 	}{
-		{"no header", nil, true},
-		{"exact", []string{"text/event-stream"}, true},
-		{"any", []string{"*/*"}, true},
-		{"text wildcard with weight", []string{"text/html, text/*;q=0.5"}, true},
-		{"JSON only", []string{"application/json"}, false},
-		{"refused", []string{"text/event-stream;q=0"}, false},
-		{"refused beside a wildcard", []string{"text/event-stream;q=0, */*"}, false},
-		{"wildcard refused", []string{"*/*;q=0"}, false},
-		{"second header, any case", []string{"application/json", "Text/Event-Stream"}, true},
-		{"unparsable", []string{"garbage;;;"}, false},
+		{"no header", nil, true, false},
+		{"empty header", []string{""}, true, false},
+		{"only commas and spaces", []string{" , ,"}, true, false},
+		{"exact", []string{"text/event-stream"}, true, false},
+		{"any", []string{"*/*"}, true, false},
+		{"text wildcard with weight", []string{"text/html, text/*;q=0.5"}, true, false},
+		{"JSON only", []string{"application/json"}, false, false},
+		{"refused", []string{"text/event-stream;q=0"}, false, false},
+		{"refused with decimals", []string{"text/event-stream;q=0.000"}, false, false},
+		{"refused beside a wildcard", []string{"text/event-stream;q=0, */*"}, false, false},
+		{"wildcard refused", []string{"*/*;q=0"}, false, false},
+		{"full weight", []string{"text/event-stream;q=1.000"}, true, false},
+		{"weight with a bare point", []string{"text/event-stream;q=1."}, true, false},
+		{"second header, any case", []string{"application/json", "Text/Event-Stream"}, true, false},
+		{"unparsable", []string{"garbage;;;"}, false, false},
+		{"negative q", []string{"text/event-stream;q=-1"}, false, true},
+		{"q over 1", []string{"text/event-stream;q=2"}, false, true},
+		{"q just over 1", []string{"text/event-stream;q=1.001"}, false, true},
+		{"q not a number", []string{"text/event-stream;q=NaN"}, false, true},
+		{"q with four decimals", []string{"*/*;q=0.1234"}, false, true},
+		{"q empty makes the item unparsable", []string{"*/*;q="}, false, false},
+		{"q exponent", []string{"*/*;q=1e-1"}, false, true},
+		{"bad q on another type", []string{"text/event-stream, text/html;q=9"}, false, true},
 	}
 	for _, tt := range tests {
-		if got := acceptsEventStream(tt.accept); got != tt.want {
-			t.Errorf("%s: acceptsEventStream(%q) = %t, want %t", tt.name, tt.accept, got, tt.want)
+		got, err := acceptsEventStream(tt.accept)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("%s: acceptsEventStream(%q) = %t, %v; want %t, error %t", tt.name, tt.accept, got, err, tt.want, tt.wantErr)
 		}
 	}
 }
@@ -664,6 +681,28 @@ func FuzzParseLastEventID(f *testing.F) {
 		}
 		if ok && id+1 == 0 {
 			t.Fatalf("parseLastEventID(%q) = %d: the next id would wrap around", value, id)
+		}
+	})
+}
+
+// FuzzParseQValue checks the weight parser against RFC 9110's grammar for a qvalue:
+// "0" [ "." 0*3DIGIT ] or "1" [ "." 0*3("0") ], read as a decimal number.
+func FuzzParseQValue(f *testing.F) {
+	for _, seed := range []string{"0", "1", "0.5", "1.000", "1.001", "0.1234", "-1", "2", "NaN", "1e-1", "", ".5", "0."} {
+		f.Add(seed)
+	}
+	grammar := regexp.MustCompile(`^(0(\.[0-9]{0,3})?|1(\.0{0,3})?)$`)
+	f.Fuzz(func(t *testing.T, q string) {
+		weight, ok := parseQValue(q)
+		if want := grammar.MatchString(q); ok != want {
+			t.Fatalf("parseQValue(%q) ok = %t, want %t", q, ok, want)
+		}
+		if !ok {
+			return
+		}
+		want, err := strconv.ParseFloat(q, 64)
+		if err != nil || weight != want || weight < 0 || weight > 1 {
+			t.Fatalf("parseQValue(%q) = %v, want %v within [0, 1]", q, weight, want)
 		}
 	})
 }

@@ -83,21 +83,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return nil
 	}
 	logger := newLogger(stdout, cfg)
+	if err := fitMaxClients(&cfg, logger); err != nil {
+		return err
+	}
 
 	var ready atomic.Bool
 	app, streams := newApp(cfg, logger, &ready)
-	ln, err := net.Listen("tcp", cfg.addr)
+	tcp, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
 	}
+	ln := newConnListener(tcp, logger, streams.metrics.acceptErrors)
+	ln.sendBuffer, ln.userTimeout = cfg.sendBuffer, cfg.deadClientAfter
 	defer ln.Close()
 	if cfg.deadClientAfter > 0 {
 		if err := checkUserTimeout(); err != nil {
 			logger.Warn("-dead-client-timeout does not work on this system: a client that vanishes without closing its connection stays counted until the kernel gives up (about 15 minutes)", "error", err)
 		}
-	}
-	if cfg.sendBuffer > 0 || cfg.deadClientAfter > 0 {
-		ln = sendBufferListener{Listener: ln, size: cfg.sendBuffer, deadClientAfter: cfg.deadClientAfter}
 	}
 	admin := &http.Server{Handler: adminHandler(streams.metrics), ReadHeaderTimeout: cfg.readTimeout}
 	adminAddr := ""
@@ -116,7 +118,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
 		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
 		"idle_timeout", cfg.idleTimeout, "shutdown_delay", cfg.shutdownDelay, "shutdown_timeout", cfg.shutdownTimeout,
-		"verbose", cfg.verbose)
+		"body_limit", cfg.bodyLimit, "max_header_bytes", cfg.maxHeaderBytes, "fd_margin", cfg.fdMargin,
+		"log_rate", cfg.stream.LogRate, "verbose", cfg.verbose)
 
 	served := make(chan error, 1)
 	go func() { served <- app.Listener(ln) }()
@@ -191,6 +194,26 @@ func version() string {
 	return fmt.Sprintf("sse-dashboard %s revision %s %s %s", info.Main.Version, revision, settings["vcs.time"], info.GoVersion)
 }
 
+// fitMaxClients lowers -max-clients, with a warning, to what the open-file limit can hold
+// beside -fd-margin other files. Lowering rather than refusing to start keeps the default
+// working wherever the limit is low, and clients over the limit get the overload answer.
+func fitMaxClients(cfg *config, logger *slog.Logger) error {
+	limit, err := openFileLimit()
+	if err != nil {
+		return err
+	}
+	fitted, err := fitOpenFiles(cfg.stream.MaxClients, limit, cfg.fdMargin)
+	if err != nil {
+		return err
+	}
+	if fitted < cfg.stream.MaxClients {
+		logger.Warn("lowering -max-clients to fit the open-file limit", "max_clients", fitted,
+			"asked", cfg.stream.MaxClients, "open_file_limit", limit, "fd_margin", cfg.fdMargin)
+		cfg.stream.MaxClients = fitted
+	}
+	return nil
+}
+
 // newApp builds the Fiber app with every public route. It returns the SSE handler, so that
 // callers can read how many streams are open, reach its metrics and shut the streams down.
 // /readyz answers 200 while ready holds.
@@ -200,12 +223,17 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 		ReadTimeout:           cfg.readTimeout,
 		IdleTimeout:           cfg.idleTimeout,
 		ErrorHandler:          handleError(logger),
+		// No route takes a body: one announced over the limit gets 413 before a byte of
+		// it is read or allocated.
+		BodyLimit: cfg.bodyLimit,
+		// The read buffer bounds the request line and headers together.
+		ReadBufferSize: cfg.maxHeaderBytes,
 		// A stream only writes, and its events are small: let go of the read buffer once
-		// the request is read, and keep a small write buffer.
+		// the request is read, so a stream does not keep it, and keep a small write buffer.
 		ReduceMemoryUsage: true,
 		WriteBufferSize:   1024,
 	})
-	app.Use(recover.New(), rejectAmbiguousPaths)
+	app.Use(recover.New(), rejectUnknownVersions, rejectAmbiguousPaths)
 
 	streams := handleSSE(cfg.stream, logger)
 	page := handlePage(pageOrigins(cfg.pageSources))
@@ -218,6 +246,17 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 	app.Get("/healthz", handleHealth(streams))
 	app.Get("/readyz", handleReady(ready))
 	return app, streams
+}
+
+// rejectUnknownVersions answers 505 to a request in any HTTP version but 1.x. fasthttp
+// would serve HTTP/0.9 or HTTP/9.9 as if it were HTTP/1.0; a later 1.x is served as 1.1.
+func rejectUnknownVersions(c *fiber.Ctx) error {
+	proto := c.Request().Header.Protocol()
+	if len(proto) != len("HTTP/1.1") || !bytes.HasPrefix(proto, []byte("HTTP/1.")) || proto[7] < '0' || proto[7] > '9' {
+		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
+		return c.Status(fiber.StatusHTTPVersionNotSupported).SendString("505 http version not supported: this server speaks HTTP/1.0 and HTTP/1.1\n")
+	}
+	return c.Next()
 }
 
 // rejectAmbiguousPaths answers 400 to a path with dot segments, encoded slashes, dots or

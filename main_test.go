@@ -33,6 +33,7 @@ const helperEnv = "SSE_DASHBOARD_MAIN"
 // soak table when -soak asked for one.
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) == "1" {
+		limitOpenFiles(os.Getenv(openFilesEnv))
 		runMainProfiled(os.Getenv("CPUPROFILE"))
 		os.Exit(0)
 	}
@@ -84,11 +85,17 @@ func startProcess(t testing.TB, args ...string) *serverProcess {
 // startProcessAs is startProcess with env choosing what the process serves.
 func startProcessAs(t testing.TB, env string, args ...string) *serverProcess {
 	t.Helper()
+	return startProcessEnv(t, []string{env}, args...)
+}
+
+// startProcessEnv is startProcess with env added to the process's environment.
+func startProcessEnv(t testing.TB, env []string, args ...string) *serverProcess {
+	t.Helper()
 	logs := newLogBuffer()
 	cmd := exec.Command(os.Args[0], append([]string{"-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, args...)...)
 	// GORACE: a race-enabled binary otherwise sleeps a second before it exits, which
 	// would count against every shutdown time measured here.
-	cmd.Env = []string{env, "CPUPROFILE=" + os.Getenv("CPUPROFILE"), "GORACE=atexit_sleep_ms=0"}
+	cmd.Env = append(env, "CPUPROFILE="+os.Getenv("CPUPROFILE"), "GORACE=atexit_sleep_ms=0")
 	cmd.Stdout = logs
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
@@ -152,15 +159,25 @@ func waitListening(t testing.TB, logs *logBuffer, within time.Duration) (url, ad
 // them: sse_streams_ended_total{reason="shutdown"}.
 func scrape(t testing.TB, adminURL string) map[string]float64 {
 	t.Helper()
+	samples, err := tryScrape(adminURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return samples
+}
+
+// tryScrape is scrape for a server that may not answer at once: it returns the error
+// instead of failing the test.
+func tryScrape(adminURL string) (map[string]float64, error) {
 	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(adminURL + "/metrics")
 	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
+		return nil, fmt.Errorf("GET /metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		t.Fatalf("/metrics is not the Prometheus text format: %v", err)
+		return nil, fmt.Errorf("/metrics is not the Prometheus text format: %w", err)
 	}
 	samples := make(map[string]float64)
 	for name, family := range families {
@@ -184,7 +201,7 @@ func scrape(t testing.TB, adminURL string) map[string]float64 {
 			}
 		}
 	}
-	return samples
+	return samples, nil
 }
 
 // metric returns one sample that scrape finds, failing the test if there is none.
@@ -393,6 +410,10 @@ func TestConfig_RefusesBadValues(t *testing.T) {
 		{"page source in upper case", []string{"-page-sources", "https://A.example"}, nil, "-page-sources"},
 		{"page source that ends the CSP", []string{"-page-sources", "https://a.example;script-src"}, nil, "-page-sources"},
 		{"bad page source in env", nil, map[string]string{"PAGE_SOURCES": "https://a.example,https://b.example/"}, "-page-sources"},
+		{"zero body limit", []string{"-body-limit", "0"}, nil, "-body-limit"},
+		{"tiny header limit", []string{"-max-header-bytes", "512"}, nil, "-max-header-bytes"},
+		{"negative fd margin", []string{"-fd-margin", "-1"}, nil, "-fd-margin"},
+		{"negative log rate", nil, map[string]string{"LOG_RATE": "-5"}, "-log-rate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -420,8 +441,9 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 			return c == config{
 				addr: ":3000", adminAddr: "127.0.0.1:3001", logFormat: "text", sendBuffer: 64 << 10, readTimeout: 10 * time.Second,
 				idleTimeout: time.Minute, shutdownTimeout: 5 * time.Second, deadClientAfter: 30 * time.Second,
+				bodyLimit: 4 << 10, maxHeaderBytes: 16 << 10, fdMargin: 64,
 				stream: streamConfig{Interval: time.Second, Keepalive: 15 * time.Second, Retry: 3 * time.Second,
-					RetrySpread: 3 * time.Second, WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000},
+					RetrySpread: 3 * time.Second, WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000, LogRate: 50},
 			}
 		}},
 		{"bad env under a flag is not read", []string{"-interval", "2s"}, map[string]string{"INTERVAL": "soon"}, func(c config) bool {
@@ -436,6 +458,9 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 		{"VERBOSE", nil, map[string]string{"VERBOSE": "true"}, func(c config) bool { return c.verbose }},
 		{"PAGE_SOURCES", nil, map[string]string{"PAGE_SOURCES": "https://a.example, http://127.0.0.1:8081,http://[::1]:8082"}, func(c config) bool {
 			return slices.Equal(pageOrigins(c.pageSources), []string{"https://a.example", "http://127.0.0.1:8081", "http://[::1]:8082"})
+		}},
+		{"limits", nil, map[string]string{"BODY_LIMIT": "1", "MAX_HEADER_BYTES": "8192", "FD_MARGIN": "0", "LOG_RATE": "0"}, func(c config) bool {
+			return c.bodyLimit == 1 && c.maxHeaderBytes == 8192 && c.fdMargin == 0 && c.stream.LogRate == 0
 		}},
 	}
 	for _, tt := range tests {
@@ -461,7 +486,8 @@ func TestConfig_HelpListsEveryFlag(t *testing.T) {
 		"-max-clients (MAX_CLIENTS", "-send-buffer (SEND_BUFFER", "-read-timeout (READ_TIMEOUT",
 		"-idle-timeout (IDLE_TIMEOUT", "-shutdown-timeout (SHUTDOWN_TIMEOUT", "-v (VERBOSE", "-admin-addr (ADMIN_ADDR",
 		"-shutdown-delay (SHUTDOWN_DELAY", "-log-format (LOG_FORMAT", "-version\n", "-page-sources (PAGE_SOURCES",
-		"-retry-spread (RETRY_SPREAD", "-dead-client-timeout (DEAD_CLIENT_TIMEOUT"} {
+		"-retry-spread (RETRY_SPREAD", "-dead-client-timeout (DEAD_CLIENT_TIMEOUT", "-body-limit (BODY_LIMIT",
+		"-max-header-bytes (MAX_HEADER_BYTES", "-fd-margin (FD_MARGIN", "-log-rate (LOG_RATE"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("-h output lacks %q:\n%s", want, out.String())
 		}

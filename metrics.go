@@ -18,6 +18,7 @@ type rejectReason string
 const (
 	rejectMaxClients    rejectReason = "max_clients"    // -max-clients streams were open
 	rejectNotAcceptable rejectReason = "not_acceptable" // its Accept header ruled out text/event-stream
+	rejectBadRequest    rejectReason = "bad_request"    // its Accept header could not be parsed
 )
 
 // metrics are one server's Prometheus metrics. Every series a stream touches is created up
@@ -29,6 +30,7 @@ type metrics struct {
 	rejected     map[rejectReason]prometheus.Counter
 	events       prometheus.Counter
 	keepalives   prometheus.Counter
+	acceptErrors prometheus.Counter
 	streamLength prometheus.Histogram
 	writeTime    prometheus.Histogram
 }
@@ -60,6 +62,10 @@ func newMetrics(open func() float64, writeTimeout time.Duration) *metrics {
 			Name: "sse_keepalives_total",
 			Help: "Keepalive comments written to idle streams.",
 		}),
+		acceptErrors: registerCounter(reg, prometheus.CounterOpts{
+			Name: "sse_accept_errors_total",
+			Help: "Accepts that failed for a while (out of file descriptors, say) and were retried.",
+		}),
 		streamLength: registerHistogram(reg, prometheus.HistogramOpts{
 			Name:    "sse_stream_duration_seconds",
 			Help:    "How long event streams lasted, from admission to end.",
@@ -86,7 +92,7 @@ func newMetrics(open func() float64, writeTimeout time.Duration) *metrics {
 	}, []string{"reason"})
 	reg.MustRegister(rejected)
 	m.rejected = make(map[rejectReason]prometheus.Counter)
-	for _, r := range []rejectReason{rejectMaxClients, rejectNotAcceptable} {
+	for _, r := range []rejectReason{rejectMaxClients, rejectNotAcceptable, rejectBadRequest} {
 		m.rejected[r] = rejected.WithLabelValues(string(r))
 	}
 	return m

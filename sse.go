@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"mime"
 	"net/http"
 	"strconv"
@@ -95,25 +96,33 @@ func namesEventStream(accept []string) bool {
 }
 
 // acceptsEventStream reports whether a request's Accept headers allow text/event-stream.
-// No Accept header means anything goes, as for curl; text/event-stream;q=0 refuses it even
-// beside a wildcard.
-func acceptsEventStream(accept []string) bool {
-	if len(accept) == 0 {
-		return true
-	}
-	accepted := false
+// No Accept header, or an empty one, means anything goes, as for curl;
+// text/event-stream;q=0 refuses it even beside a wildcard. A q value that is not a number
+// from 0 to 1 with at most three decimals (RFC 9110, section 12.4.2) is an error.
+func acceptsEventStream(accept []string) (bool, error) {
+	accepted, empty := false, true
 	for _, value := range accept {
 		for item := range strings.SplitSeq(value, ",") {
+			if strings.TrimSpace(item) == "" {
+				continue
+			}
+			empty = false
 			mediaType, params, err := mime.ParseMediaType(item)
 			if err != nil {
 				continue
 			}
-			q, err := strconv.ParseFloat(params["q"], 64)
-			refused := err == nil && q == 0
+			refused := false
+			if q, ok := params["q"]; ok {
+				weight, ok := parseQValue(q)
+				if !ok {
+					return false, errors.New("Accept has a q value that is not a number from 0 to 1")
+				}
+				refused = weight == 0
+			}
 			switch mediaType {
 			case "text/event-stream":
 				if refused {
-					return false
+					return false, nil
 				}
 				accepted = true
 			case "text/*", "*/*":
@@ -121,5 +130,19 @@ func acceptsEventStream(accept []string) bool {
 			}
 		}
 	}
-	return accepted
+	return accepted || empty, nil
+}
+
+// parseQValue parses a weight as RFC 9110 writes it: 0 or 1, with up to three decimals
+// after a point, and never more than 1.
+func parseQValue(q string) (float64, bool) {
+	whole, decimals, _ := strings.Cut(q, ".")
+	if whole != "0" && whole != "1" || len(decimals) > 3 || strings.Trim(decimals, "0123456789") != "" {
+		return 0, false
+	}
+	if whole == "1" {
+		return 1, strings.Trim(decimals, "0") == ""
+	}
+	weight, err := strconv.ParseFloat("0."+decimals, 64)
+	return weight, err == nil
 }

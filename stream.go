@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"time"
 )
@@ -208,4 +211,67 @@ func (c *streamConfig) spreadRetry() time.Duration {
 		return c.Retry
 	}
 	return c.Retry + rand.N(c.RetrySpread+1)
+}
+
+// closeDelimited writes a stream to an HTTP/1.0 client on a connection taken over from the
+// server. HTTP/1.0 has no chunked framing (RFC 9112, section 7.1), so the body is sent as
+// it is and ends when the connection closes, as RFC 9112, section 6.3 allows. It serves
+// http.ResponseController: Flush sends the header block, SetWriteDeadline bounds writes.
+type closeDelimited struct {
+	conn        net.Conn
+	header      http.Header
+	wroteHeader bool
+}
+
+// hijackCloseDelimited takes the connection over from the server and returns a writer that
+// sends header, then the body, on it. Close it to end the stream.
+func hijackCloseDelimited(rc *http.ResponseController, header http.Header) (*closeDelimited, error) {
+	conn, _, err := rc.Hijack()
+	if err != nil {
+		return nil, fmt.Errorf("take over the connection: %w", err)
+	}
+	return &closeDelimited{conn: conn, header: header.Clone()}, nil
+}
+
+// Header returns the headers that the first write or flush sends.
+func (c *closeDelimited) Header() http.Header {
+	return c.header
+}
+
+// WriteHeader does nothing: a stream is always 200.
+func (c *closeDelimited) WriteHeader(int) {}
+
+// Write sends the header block if it has not gone yet, then p.
+func (c *closeDelimited) Write(p []byte) (int, error) {
+	if err := c.FlushError(); err != nil || len(p) == 0 {
+		return 0, err
+	}
+	return c.conn.Write(p)
+}
+
+// FlushError sends the header block if it has not gone yet. Writes are not buffered, so
+// there is nothing else to flush.
+func (c *closeDelimited) FlushError() error {
+	if c.wroteHeader {
+		return nil
+	}
+	c.wroteHeader = true
+	var block bytes.Buffer
+	block.WriteString("HTTP/1.1 200 OK\r\n")
+	if err := c.header.Write(&block); err != nil {
+		return err
+	}
+	block.WriteString("Connection: close\r\n\r\n")
+	_, err := c.conn.Write(block.Bytes())
+	return err
+}
+
+// SetWriteDeadline sets the deadline of the writes to come.
+func (c *closeDelimited) SetWriteDeadline(deadline time.Time) error {
+	return c.conn.SetWriteDeadline(deadline)
+}
+
+// Close ends the stream by closing the connection.
+func (c *closeDelimited) Close() error {
+	return c.conn.Close()
 }

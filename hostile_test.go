@@ -1,0 +1,805 @@
+package main
+
+// Hostile clients: what the worst clients on the internet send, each beside canary
+// streams, and what must hold afterwards. The scenarios that exhaust a process-wide
+// resource run the real binary as a child process.
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// openFilesEnv sets RLIMIT_NOFILE of a process started by startProcessEnv, so that a test
+// can run out of file descriptors without opening 20,000 sockets.
+const openFilesEnv = "SSE_DASHBOARD_NOFILE"
+
+// limitOpenFiles lowers this process's open-file limit to value, if it is set. It runs in
+// a re-executed test binary before main, so the limit is the child's alone.
+func limitOpenFiles(value string) {
+	if value == "" {
+		return
+	}
+	n, err := strconv.ParseUint(value, 10, 64)
+	if err == nil {
+		err = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n})
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s=%q: %v\n", openFilesEnv, value, err)
+		os.Exit(2)
+	}
+}
+
+// startLimitedProcess starts the command in a child process whose open-file limit is nofile.
+func startLimitedProcess(t *testing.T, nofile int, args ...string) *serverProcess {
+	t.Helper()
+	return startProcessEnv(t, []string{helperEnv + "=1", openFilesEnv + "=" + strconv.Itoa(nofile)}, args...)
+}
+
+// processRSSKB returns the resident memory of the process pid.
+func processRSSKB(t *testing.T, pid int) int {
+	t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Skipf("no /proc/%d/status: %v", pid, err)
+	}
+	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(status)
+	if m == nil {
+		t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	}
+	kb, _ := strconv.Atoi(string(m[1]))
+	return kb
+}
+
+// tryMetric is metric for a server that may not answer at once: it reports false
+// instead of failing the test.
+func tryMetric(adminURL, key string) (float64, bool) {
+	samples, err := tryScrape(adminURL)
+	if err != nil {
+		return 0, false
+	}
+	v, ok := samples[key]
+	return v, ok
+}
+
+// running fails the test if the process has exited.
+func (p *serverProcess) running(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.exited:
+		t.Fatalf("the server process exited (%s), want it serving", p.cmd.ProcessState)
+	default:
+	}
+}
+
+// processBaseline waits until the process holds only want streams again and no more
+// goroutines than before (plus slack for the runtime's own), and returns the leftovers
+// as text for the soak table. fasthttp keeps an idle worker goroutine for 10s, and
+// removes it at the next sweep, so that takes up to 20s after a burst of connections.
+func processBaseline(t *testing.T, p *serverProcess, want int, goroutinesBefore float64) string {
+	t.Helper()
+	var clients, goroutines float64
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		clients, _ = tryMetric(p.adminURL, "sse_streams_open")
+		goroutines, _ = tryMetric(p.adminURL, "go_goroutines")
+		if int(clients) == want && goroutines <= goroutinesBefore+4 {
+			return "none"
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%v streams and %v goroutines remain, want %d and at most %v", clients, goroutines, want, goroutinesBefore+4)
+			return fmt.Sprintf("%v goroutines", goroutines-goroutinesBefore)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
+	nofile := scale(512, 10000)
+	// The idle connections must outlive the time it takes to open them all.
+	readTimeout := time.Duration(scale(1, 10)) * time.Second
+	proc := startLimitedProcess(t, nofile, "-interval", "20ms", "-read-timeout", readTimeout.String())
+	canary := openCanaries(t, proc.url, 2)
+	goroutines := metric(t, proc.adminURL, "go_goroutines")
+	errorsBefore, _ := tryMetric(proc.adminURL, "sse_accept_errors_total")
+	start := time.Now()
+
+	// Idle connections, more than the process can hold: the kernel queues the rest until
+	// the server can accept them.
+	idle := make([]net.Conn, 0, nofile+100)
+	for range nofile + 100 {
+		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(proc.url, "http://"), 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial idle connection %d: %v", len(idle), err)
+		}
+		idle = append(idle, conn)
+	}
+	t.Cleanup(func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	})
+	eventually(t, 2*readTimeout+20*time.Second, "the server runs out of file descriptors and says so", func() bool {
+		proc.running(t)
+		n, ok := tryMetric(proc.adminURL, "sse_accept_errors_total")
+		return ok && n > errorsBefore
+	})
+	// -read-timeout closes every idle connection, the queued ones once they are accepted.
+	var wg sync.WaitGroup
+	var open atomic.Int64
+	for _, c := range idle {
+		wg.Go(func() {
+			c.SetReadDeadline(time.Now().Add(3*readTimeout + 20*time.Second))
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				open.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := open.Load(); n > 0 {
+		t.Errorf("%d of %d idle connections still open after %s, want every one closed by -read-timeout", n, len(idle), 3*readTimeout+20*time.Second)
+	}
+	proc.running(t)
+	gaps := canary.check(time.Second)
+	// New clients are served again.
+	openStream(t, proc.url, nil).next(t)
+	leaks := processBaseline(t, proc, 3, goroutines)
+	errs, _ := tryMetric(proc.adminURL, "sse_accept_errors_total")
+	t.Logf("%d idle connections against %d open files: %v accept errors retried, all closed in %s",
+		len(idle), nofile, errs-errorsBefore, time.Since(start).Round(time.Millisecond))
+	record(soakRow{fmt.Sprintf("idle connections over the open-file limit (%d)", nofile), len(idle), time.Since(start), leaks, gaps, 2})
+}
+
+func TestHostile_MaxClientsFitsTheOpenFileLimit(t *testing.T) {
+	const nofile, margin = 512, 64
+	proc := startLimitedProcess(t, nofile, "-interval", "1h", "-keepalive", "1h")
+	fitted := nofile - margin
+	if !strings.Contains(proc.logs.String(), "lowering -max-clients") ||
+		!strings.Contains(proc.logs.String(), fmt.Sprintf("max_clients=%d ", fitted)) {
+		t.Fatalf("start-up under %d open files with -max-clients 10000: want a warning and max_clients=%d; log:\n%s",
+			nofile, fitted, proc.logs.String())
+	}
+	start := time.Now()
+	statuses := map[int]int{}
+	for i := range fitted + 20 {
+		conn := dialRaw(t, proc.url)
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, streamRequest)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("stream %d: no HTTP answer: %v", i, err)
+		}
+		statuses[resp.StatusCode]++
+		if resp.StatusCode != http.StatusOK {
+			conn.Close()
+		}
+	}
+	proc.running(t)
+	if statuses[http.StatusOK] != fitted || statuses[http.StatusServiceUnavailable] != 20 {
+		t.Errorf("statuses = %v, want %d × 200 and 20 × the overload answer (503)", statuses, fitted)
+	}
+	if n, _ := tryMetric(proc.adminURL, "sse_streams_open"); int(n) != fitted {
+		t.Errorf("open streams = %v, want %d", n, fitted)
+	}
+	record(soakRow{"streams over an open-file limit of 512", fitted + 20, time.Since(start), "process kept serving", 0, 0})
+}
+
+func TestFitOpenFiles(t *testing.T) {
+	tests := []struct {
+		name       string
+		maxClients int
+		limit      uint64
+		margin     int
+		want       int
+		wantErr    bool
+	}{
+		{"plenty", 10000, 1 << 20, 64, 10000, false},
+		{"unlimited", 10000, ^uint64(0), 64, 10000, false},
+		{"exactly enough", 960, 1024, 64, 960, false},
+		{"lowered", 10000, 1024, 64, 960, false},
+		{"no margin", 10000, 1024, 0, 1024, false},
+		{"no room", 10000, 64, 64, 0, true},
+	}
+	for _, tt := range tests {
+		got, err := fitOpenFiles(tt.maxClients, tt.limit, tt.margin)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("%s: fitOpenFiles(%d, %d, %d) = %d, %v; want %d, error %t",
+				tt.name, tt.maxClients, tt.limit, tt.margin, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+// errListener is a listener whose Accept fails with errs in turn, then waits to be closed.
+type errListener struct {
+	net.Listener
+	mu     sync.Mutex
+	errs   []error
+	closed chan struct{}
+}
+
+// Accept returns the next error, or net.ErrClosed once the listener is closed.
+func (l *errListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	if len(l.errs) > 0 {
+		err := l.errs[0]
+		l.errs = l.errs[1:]
+		l.mu.Unlock()
+		return nil, err
+	}
+	l.mu.Unlock()
+	<-l.closed
+	return nil, net.ErrClosed
+}
+
+// Close ends the Accept that waits.
+func (l *errListener) Close() error {
+	close(l.closed)
+	return nil
+}
+
+func TestConnListener_BacksOffOnTemporaryErrorsUntilClosed(t *testing.T) {
+	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	inner := &errListener{errs: []error{emfile, emfile, emfile, emfile}, closed: make(chan struct{})}
+	acceptErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "accept_errors_total", Help: "Failed accepts."})
+	ln := newConnListener(inner, slog.New(slog.NewTextHandler(io.Discard, nil)), acceptErrors)
+	accepted := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := ln.Accept()
+		accepted <- err
+	}()
+	// The fourth try comes after 5 + 10 + 20 ms of back-off.
+	eventually(t, 5*time.Second, "every failed accept is retried", func() bool {
+		inner.mu.Lock()
+		defer inner.mu.Unlock()
+		return len(inner.errs) == 0
+	})
+	if took := time.Since(start); took < 35*time.Millisecond {
+		t.Errorf("the fourth try came %s after the first, want a back-off of 5+10+20ms between them", took)
+	}
+	var counted dto.Metric
+	if err := acceptErrors.Write(&counted); err != nil || counted.GetCounter().GetValue() != 4 {
+		t.Errorf("accept errors counted: %v (%v), want 4", counted.GetCounter().GetValue(), err)
+	}
+	ln.Close()
+	select {
+	case err := <-accepted:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Accept after Close = %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept did not return after Close")
+	}
+	if err := ln.Close(); err != nil {
+		t.Errorf("a second Close = %v, want nil: fasthttp's shutdown closes the listener again", err)
+	}
+
+	// Any other error ends Accept at once.
+	other := &errListener{errs: []error{errors.New("bad descriptor")}, closed: make(chan struct{})}
+	if _, err := newConnListener(other, slog.New(slog.NewTextHandler(io.Discard, nil)), acceptErrors).Accept(); err == nil {
+		t.Error("Accept on a permanent error = nil, want the error")
+	}
+}
+
+func TestHostile_AnnouncedBodyGets413Unread(t *testing.T) {
+	proc := startProcess(t, "-interval", "20ms")
+	canary := openCanaries(t, proc.url, 2)
+	goroutines := metric(t, proc.adminURL, "go_goroutines")
+	start := processRSSKB(t, proc.cmd.Process.Pid)
+	// A first round lets the pools, the worker goroutines and the garbage between two
+	// collections grow to what 50 clients at once need; a second as long must cost
+	// nothing more. Either way nothing near the 4 MiB announced by each.
+	n := scale(1000, 10000)
+	began := time.Now()
+	announceBodies(t, proc.url, n)
+	first := processRSSKB(t, proc.cmd.Process.Pid)
+	announceBodies(t, proc.url, n)
+	took := time.Since(began)
+	proc.running(t)
+	second := processRSSKB(t, proc.cmd.Process.Pid)
+	t.Logf("%d announced 4 MiB bodies answered 413 in %s; RSS %d KB, then %d KB after %d, %d KB after %d",
+		2*n, took.Round(time.Millisecond), start, first, n, second, 2*n)
+	const marginKB, totalKB = 8 << 10, 64 << 10
+	if second-first > marginKB || second-start > totalKB {
+		t.Errorf("RSS %d KB before, %d KB after %d announced bodies, %d KB after %d: want at most %d KB more the second time, %d KB in all",
+			start, first, n, second, 2*n, marginKB, totalKB)
+	}
+	gaps := canary.check(time.Second)
+	leaks := processBaseline(t, proc, 2, goroutines)
+	record(soakRow{fmt.Sprintf("announced 4 MiB bodies (RSS %+d KB)", second-start), 2 * n, took, leaks, gaps, 2})
+}
+
+// announceBodies sends n header blocks that announce a 4 MiB body and send none of it
+// (62 bytes each), from 50 clients at once, and checks that each gets 413 at once.
+func announceBodies(t *testing.T, baseURL string, n int) {
+	t.Helper()
+	const request = "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n"
+	var (
+		next   atomic.Int64
+		failed atomic.Bool
+		wg     sync.WaitGroup
+	)
+	for range 50 {
+		wg.Go(func() {
+			for next.Add(1) <= int64(n) && !failed.Load() {
+				conn, err := net.DialTimeout("tcp", strings.TrimPrefix(baseURL, "http://"), 5*time.Second)
+				if err != nil {
+					t.Errorf("dial: %v", err)
+					failed.Store(true)
+					return
+				}
+				conn.SetDeadline(time.Now().Add(5 * time.Second))
+				io.WriteString(conn, request)
+				resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				var body []byte
+				if err == nil {
+					body, _ = io.ReadAll(io.LimitReader(resp.Body, 1<<10))
+				}
+				conn.Close()
+				if err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge || bytes.Count(bytes.TrimSpace(body), []byte("\n")) != 0 {
+					if failed.CompareAndSwap(false, true) {
+						t.Errorf("an announced 4 MiB body: %v %q, want 413 at once with a one-line reason", err, body)
+					}
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// browserHeaders are the headers a browser sends beside its cookies when it opens an
+// EventSource.
+const browserHeaders = "Host: sse-dashboard\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n" +
+	"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36\r\n" +
+	"Referer: http://sse-dashboard/\r\nAccept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\n" +
+	"Sec-Fetch-Dest: empty\r\nSec-Fetch-Mode: cors\r\nSec-Fetch-Site: same-origin\r\n"
+
+func TestHostile_BigRequestHeadersAreServed(t *testing.T) {
+	srv := startServer(t, "-interval", "20ms")
+	canary := openCanaries(t, srv.url, 2)
+	start := time.Now()
+	tests := []struct {
+		name   string
+		cookie int // bytes of cookie value
+		want   int
+	}{
+		{"4 KB cookie", 4 << 10, http.StatusOK},
+		{"15 KB cookie", 15 << 10, http.StatusOK},
+		{"17 KB cookie", 17 << 10, http.StatusRequestHeaderFieldsTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn := dialRaw(t, srv.url)
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(conn, "GET /sse HTTP/1.1\r\n"+browserHeaders+"Cookie: session="+strings.Repeat("x", tt.cookie)+"\r\n\r\n")
+			reader := bufio.NewReader(conn)
+			resp, err := http.ReadResponse(reader, nil)
+			if err != nil {
+				t.Fatalf("no HTTP answer: %v", err)
+			}
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status = %d, want %d", resp.StatusCode, tt.want)
+			}
+			if tt.want != http.StatusOK {
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
+				if bytes.Count(bytes.TrimSpace(body), []byte("\n")) != 0 || len(body) == 0 {
+					t.Errorf("body = %q, want a one-line reason", body)
+				}
+				return
+			}
+			stream := &sseStream{resp: resp, reader: bufio.NewReader(resp.Body)}
+			stream.next(t)
+			if ev := stream.nextEvent(t); ev.id != "1" {
+				t.Errorf("first event id %q, want 1", ev.id)
+			}
+		})
+	}
+	gaps := canary.check(500 * time.Millisecond)
+	leaks := expectBaseline(t, srv, 2)
+	record(soakRow{"request headers of 4, 15 and 17 KB", len(tests), time.Since(start), leaks, gaps, 2})
+}
+
+// streamCostPerStream opens n streams with browser-like headers on a fresh process started
+// with args and returns what each one added to the process's heap in use, in KB. A buffer
+// that a stream kept would show there in full, while RSS counts only the pages written.
+func streamCostPerStream(t *testing.T, n int, args ...string) float64 {
+	t.Helper()
+	// GOGC=10 keeps the garbage between two collections within a tenth of the live heap,
+	// which the default would let grow as large as the live heap itself.
+	proc := startProcessEnv(t, []string{helperEnv + "=1", "GOGC=10"}, append([]string{"-interval", "1h", "-keepalive", "1h"}, args...)...)
+	heap := func() float64 {
+		v, ok := tryMetric(proc.adminURL, "go_memstats_heap_inuse_bytes")
+		if !ok {
+			t.Fatal("/metrics lacks go_memstats_heap_inuse_bytes")
+		}
+		return v
+	}
+	// One stream first, so the pools and the runtime have grown before the baseline.
+	warm := dialRaw(t, proc.url)
+	defer warm.Close()
+	io.WriteString(warm, "GET /sse HTTP/1.1\r\n"+browserHeaders+"\r\n")
+	eventually(t, 5*time.Second, "the first stream is open", func() bool {
+		c, _ := tryMetric(proc.adminURL, "sse_streams_open")
+		return c == 1
+	})
+	before := heap()
+	for range n {
+		conn := dialRaw(t, proc.url)
+		defer conn.Close()
+		io.WriteString(conn, "GET /sse HTTP/1.1\r\n"+browserHeaders+"\r\n")
+	}
+	eventually(t, 20*time.Second, "every stream is open", func() bool {
+		c, _ := tryMetric(proc.adminURL, "sse_streams_open")
+		return int(c) == n+1
+	})
+	return (heap() - before) / 1024 / float64(n)
+}
+
+func TestHostile_HeaderLimitCostsOpenStreamsNothing(t *testing.T) {
+	n := scale(500, 2000)
+	small := streamCostPerStream(t, n, "-max-header-bytes", "4096")
+	big := streamCostPerStream(t, n, "-max-header-bytes", "16384")
+	t.Logf("heap in use per open stream: %.1f KB with a 4 KiB header limit, %.1f KB with 16 KiB (%d streams)", small, big, n)
+	// A read buffer kept for the life of a stream would add 12 KB to each.
+	if big > small+4 {
+		t.Errorf("heap per stream %.1f KB with -max-header-bytes 16384, %.1f KB with 4096: want at most 4 KB more", big, small)
+	}
+}
+
+func TestHostile_IdleAndHalfSentConnectionsDoNotHoldShutdown(t *testing.T) {
+	// The default timeouts: -read-timeout 10s is longer than -shutdown-timeout 5s.
+	proc := startProcess(t, "-interval", "50ms")
+	stream := dialRaw(t, proc.url)
+	defer stream.Close()
+	io.WriteString(stream, streamRequest)
+	streamReader := bufio.NewReader(stream)
+	stream.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if resp, err := http.ReadResponse(streamReader, nil); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("stream: %v", err)
+	}
+	// One connection that never sends a byte, one idle after a request, one trickling a header.
+	silent := dialRaw(t, proc.url)
+	defer silent.Close()
+	keepAlive := dialRaw(t, proc.url)
+	defer keepAlive.Close()
+	io.WriteString(keepAlive, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	keepAlive.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := http.ReadResponse(bufio.NewReader(keepAlive), nil); err != nil {
+		t.Fatalf("GET /healthz: %v", err)
+	}
+	trickle := dialRaw(t, proc.url)
+	defer trickle.Close()
+	stopTrickle := make(chan struct{})
+	defer close(stopTrickle)
+	go func() {
+		header := "GET /sse HTTP/1.1\r\nHost: x\r\nX-Slow: " + strings.Repeat("a", 1000)
+		for i := range len(header) {
+			select {
+			case <-stopTrickle:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if _, err := trickle.Write([]byte{header[i]}); err != nil {
+				return
+			}
+		}
+	}()
+	// Long enough for the silent one to count as new, and the trickle to be under way.
+	time.Sleep(500 * time.Millisecond)
+
+	took := proc.signal(t, syscall.SIGTERM, 5*time.Second)
+	if code := proc.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit code = %d, want 0", code)
+	}
+	// 1s wanted; twice that for a busy machine, still far below the 5s it would take.
+	if took > 2*time.Second {
+		t.Errorf("exit took %s after SIGTERM with idle and half-sent connections open, want about 1s at most", took)
+	}
+	rest, _ := io.ReadAll(streamReader)
+	if !bytes.HasSuffix(rest, []byte("\r\n0\r\n\r\n")) {
+		t.Errorf("the stream ended with %q, want its last chunk", rest[max(0, len(rest)-40):])
+	}
+	t.Logf("SIGTERM with a silent, an idle keep-alive and a trickling connection: exited in %s", took)
+	record(soakRow{"SIGTERM with idle and half-sent connections", 4, took, "process exited", 0, 0})
+}
+
+func TestHostile_HTTP10GetsACloseDelimitedStream(t *testing.T) {
+	srv := startServer(t, "-interval", "5ms", "-retry", "1500ms")
+	canary := openCanaries(t, srv.url, 2)
+	start := time.Now()
+
+	conn := dialRaw(t, srv.url)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, "GET /sse HTTP/1.0\r\nHost: x\r\n\r\n")
+	reader := bufio.NewReader(conn)
+	status, fields := readHeaderBlock(t, reader)
+	if !strings.HasPrefix(status, "HTTP/1.1 200 ") && !strings.HasPrefix(status, "HTTP/1.0 200 ") {
+		t.Fatalf("status line %q, want 200", status)
+	}
+	if te := fields["Transfer-Encoding"]; te != nil {
+		t.Errorf("Transfer-Encoding %q to an HTTP/1.0 client, want none (RFC 9112, section 6.1)", te)
+	}
+	if cl := fields["Content-Length"]; cl != nil {
+		t.Errorf("Content-Length %q on a stream, want none", cl)
+	}
+	if c := fields["Connection"]; len(c) > 1 || len(c) == 1 && c[0] != "close" {
+		t.Errorf("Connection %q, want at most one, close", c)
+	}
+	if ct := fields["Content-Type"]; len(ct) != 1 || ct[0] != "text/event-stream" {
+		t.Errorf("Content-Type %q, want text/event-stream", ct)
+	}
+	// The body is the stream itself, byte for byte: no chunk sizes.
+	opening := make([]byte, len("retry: 1500\n: stream opened\n\n"))
+	if _, err := io.ReadFull(reader, opening); err != nil || string(opening) != "retry: 1500\n: stream opened\n\n" {
+		t.Fatalf("opening = %q, %v; want the retry frame alone", opening, err)
+	}
+	for want := 1; want <= 20; want++ {
+		var raw []byte
+		for !bytes.HasSuffix(raw, []byte("\n\n")) {
+			line, err := reader.ReadBytes('\n')
+			if err != nil {
+				t.Fatalf("event %d: %v (read %q)", want, err, raw)
+			}
+			raw = append(raw, line...)
+		}
+		m := eventPattern.FindSubmatch(raw)
+		if m == nil || string(m[1]) != strconv.Itoa(want) {
+			t.Fatalf("event %d = %q, want id %d and one data line", want, raw, want)
+		}
+	}
+	conn.Close()
+	gaps := canary.check(500 * time.Millisecond)
+	leaks := expectBaseline(t, srv, 2)
+	record(soakRow{"HTTP/1.0 stream", 1, time.Since(start), leaks, gaps, 2})
+}
+
+func TestHostile_HTTP10StreamEndsCleanlyAtShutdown(t *testing.T) {
+	srv := startServer(t, "-interval", "20ms")
+	conn := dialRaw(t, srv.url)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, "GET /sse HTTP/1.0\r\nHost: x\r\n\r\n")
+	req, _ := http.NewRequest(http.MethodGet, srv.url+"/sse", nil)
+	req.ProtoMajor, req.ProtoMinor = 1, 0
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil || resp.StatusCode != http.StatusOK || resp.ContentLength != -1 || len(resp.TransferEncoding) != 0 {
+		t.Fatalf("HTTP/1.0 stream: %v, %+v; want 200 with a close-delimited body", err, resp)
+	}
+	stream := &sseStream{resp: resp, reader: bufio.NewReader(resp.Body)}
+	stream.next(t)
+	stream.nextEvent(t)
+	if err := srv.stop(t, 5*time.Second); err != nil {
+		t.Fatalf("run = %v, want nil", err)
+	}
+	if err := stream.readToEnd(); err != nil {
+		t.Errorf("the HTTP/1.0 stream ended with %v, want the connection closed cleanly", err)
+	}
+	if got := srv.logs.count(`reason=shutdown`); got != 1 {
+		t.Errorf("%d streams ended with the shutdown, want 1", got)
+	}
+}
+
+func TestHostile_CurlReadsAnHTTP10Stream(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("curl not found (apt-get install curl): %v", err)
+		}
+		t.Skipf("*** SKIPPED: curl not found (apt-get install curl) ***")
+	}
+	srv := startServer(t, "-interval", "5ms", "-max-lifetime", "300ms")
+	out, err := exec.Command(curl, "--http1.0", "-sS", "-N", "--max-time", "10", srv.url+"/sse").CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl --http1.0: %v\n%s", err, out)
+	}
+	frames := parseFrames(out)
+	if len(frames) < 5 || frames[0].retry != "3000" {
+		t.Fatalf("curl --http1.0 read %q, want the opening and several events", out)
+	}
+	for i, f := range frames[1:] {
+		if !f.isEvent || f.id != strconv.Itoa(i+1) || !strings.HasPrefix(f.data, `{"User":`) {
+			t.Fatalf("frame %d read by curl = %+v, want event %d", i+1, f, i+1)
+		}
+	}
+	if !bytes.HasSuffix(out, []byte("\n\n")) {
+		t.Errorf("curl's output ends with %q, want the end of a frame", out[max(0, len(out)-20):])
+	}
+}
+
+// readHeaderBlock reads a response's status line and header fields as they are on the
+// wire: Go's client hides Connection and repeated fields.
+func readHeaderBlock(t *testing.T, reader *bufio.Reader) (string, map[string][]string) {
+	t.Helper()
+	var head []string
+	for {
+		line, err := reader.ReadString('\n')
+		if err != nil {
+			t.Fatalf("header block: %v (read %q)", err, head)
+		}
+		if line == "\r\n" {
+			break
+		}
+		head = append(head, strings.TrimRight(line, "\r\n"))
+	}
+	fields := map[string][]string{}
+	for _, line := range head[1:] {
+		name, value, _ := strings.Cut(line, ":")
+		key := http.CanonicalHeaderKey(name)
+		fields[key] = append(fields[key], strings.TrimSpace(value))
+	}
+	return head[0], fields
+}
+
+func TestHostile_ConnectionCloseGetsOneConnectionHeader(t *testing.T) {
+	srv := startServer(t, "-interval", "5ms")
+	conn := dialRaw(t, srv.url)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(conn, "GET /sse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	reader := bufio.NewReader(conn)
+	status, fields := readHeaderBlock(t, reader)
+	if !strings.HasPrefix(status, "HTTP/1.1 200 ") {
+		t.Fatalf("status line %q, want 200", status)
+	}
+	if got := fields["Connection"]; len(got) != 1 || got[0] != "close" {
+		t.Errorf("Connection = %q, want exactly close", got)
+	}
+	if got := fields["Transfer-Encoding"]; len(got) != 1 || got[0] != "chunked" {
+		t.Errorf("Transfer-Encoding = %q, want chunked", got)
+	}
+	stream := &sseStream{resp: &http.Response{Body: conn}, reader: bufio.NewReader(httputil.NewChunkedReader(reader))}
+	stream.next(t)
+	if ev := stream.nextEvent(t); ev.id != "1" {
+		t.Errorf("first id %q, want 1", ev.id)
+	}
+}
+
+func TestHostile_ChurnLogIsBounded(t *testing.T) {
+	// The default -log-rate.
+	srv := startServer(t, "-interval", "10ms")
+	canary := openCanaries(t, srv.url, 2)
+	const rate = 50
+	before := metric(t, srv.adminURL, "sse_streams_opened_total")
+	n := scale(1000, 10000)
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for next.Add(1) <= int64(n) {
+				churnOnce(t, srv.url, 2) // connect, ask for the stream, reset
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	leaks := expectBaseline(t, srv, 2)
+	ended := int(metric(t, srv.adminURL, "sse_streams_opened_total") - before)
+
+	// Every stream that ended is either logged or counted in a summary line.
+	disconnect := regexp.MustCompile(`msg="client disconnected" .*`)
+	summary := regexp.MustCompile(`msg="client disconnected lines not logged" lines=(\d+)`)
+	var lines, held int
+	var logged []string
+	eventually(t, 5*time.Second, "every stream that ended is logged or counted", func() bool {
+		logged = disconnect.FindAllString(srv.logs.String(), -1)
+		lines, held = len(logged), 0
+		for _, m := range summary.FindAllStringSubmatch(srv.logs.String(), -1) {
+			k, _ := strconv.Atoi(m[1])
+			held += k
+		}
+		return lines+held == ended
+	})
+	seconds := int(time.Since(start)/time.Second) + 2
+	if lines > rate*seconds {
+		t.Errorf("%d disconnect lines for %d streams in %s, want at most %d a second", lines, ended, took, rate)
+	}
+	for _, line := range logged {
+		if strings.Contains(line, "reason=client_gone") && strings.Contains(line, "error=") {
+			t.Errorf("a client that left is logged with an error: %s", line)
+			break
+		}
+	}
+	if n := srv.logs.count(`msg="client connected"`); n != 0 {
+		t.Errorf("%d connect lines at the default level, want none (debug only)", n)
+	}
+	gaps := canary.check(time.Second)
+	t.Logf("%d connect-and-reset cycles in %s: %d streams, %d lines logged, %d counted in summaries, %d bytes of log",
+		n, took.Round(time.Millisecond), ended, lines, held, len(srv.logs.String()))
+	record(soakRow{fmt.Sprintf("connect-and-reset churn (%d log lines)", lines), n, took, leaks, gaps, 2})
+}
+
+func TestLogLimit_SummarisesWhatItHoldsBack(t *testing.T) {
+	logs := newLogBuffer()
+	limit := newLogLimit(slog.New(slog.NewTextHandler(logs, nil)), 3, "held back")
+	passed := 0
+	for i := range 10 {
+		if limit.allow([]string{"a", "b"}[i%2]) {
+			passed++
+		}
+	}
+	if passed != 3 {
+		t.Errorf("%d of 10 lines let through within a second, want 3", passed)
+	}
+	logs.waitFor(t, regexp.MustCompile(`msg="(held back)" lines=7 limit_per_second=3 a=3 b=4`), 5*time.Second)
+	if !limit.allow("a") {
+		t.Error("the first line of the next second was held back")
+	}
+	limit.flush()
+	if got := logs.count("held back"); got != 1 {
+		t.Errorf("%d summary lines, want 1: a flush with nothing held logs nothing", got)
+	}
+	unlimited := newLogLimit(slog.New(slog.NewTextHandler(io.Discard, nil)), 0, "held back")
+	for range 1000 {
+		if !unlimited.allow("a") {
+			t.Fatal("a rate of 0 held a line back, want no limit")
+		}
+	}
+}
+
+func TestHostile_UnknownVersionsAndBadAcceptGetClearErrors(t *testing.T) {
+	srv := startServer(t, "-interval", "20ms")
+	canary := openCanaries(t, srv.url, 2)
+	start := time.Now()
+	tests := []struct {
+		name    string
+		request string
+		want    int
+	}{
+		{"HTTP/9.9", "GET /sse HTTP/9.9\r\nHost: x\r\n\r\n", http.StatusHTTPVersionNotSupported},
+		{"HTTP/2.0 on a page", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", http.StatusHTTPVersionNotSupported},
+		{"HTTP/0.9", "GET /healthz HTTP/0.9\r\nHost: x\r\n\r\n", http.StatusHTTPVersionNotSupported},
+		{"HTTP/1.2 is served as 1.1", "GET /healthz HTTP/1.2\r\nHost: x\r\n\r\n", http.StatusOK},
+		{"q=-1", "GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream;q=-1\r\n\r\n", http.StatusBadRequest},
+		{"q=2", "GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream;q=2\r\n\r\n", http.StatusBadRequest},
+		{"q=NaN", "GET /sse HTTP/1.1\r\nHost: x\r\nAccept: */*;q=NaN\r\n\r\n", http.StatusBadRequest},
+		{"empty Accept", "GET /sse HTTP/1.1\r\nHost: x\r\nAccept:\r\n\r\n", http.StatusOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn := dialRaw(t, srv.url)
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(conn, tt.request)
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("no HTTP answer: %v", err)
+			}
+			if resp.StatusCode != tt.want {
+				t.Fatalf("status = %d, want %d", resp.StatusCode, tt.want)
+			}
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
+			if len(bytes.TrimSpace(body)) == 0 || bytes.Count(bytes.TrimSpace(body), []byte("\n")) != 0 {
+				t.Errorf("body = %q, want a one-line reason", body)
+			}
+		})
+	}
+	gaps := canary.check(500 * time.Millisecond)
+	leaks := expectBaseline(t, srv, 2)
+	record(soakRow{"unknown HTTP versions, bad Accept", len(tests), time.Since(start), leaks, gaps, 2})
+}
