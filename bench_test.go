@@ -63,9 +63,14 @@ type eventCounter struct {
 	events, limit int
 }
 
+// Header returns the response headers, which nothing reads.
 func (w *eventCounter) Header() http.Header { return w.header }
-func (w *eventCounter) WriteHeader(int)     {}
-func (w *eventCounter) Flush()              {}
+
+// WriteHeader ignores the status: the stream always starts with 200.
+func (w *eventCounter) WriteHeader(int) {}
+
+// Flush does nothing: every write is already counted.
+func (w *eventCounter) Flush() {}
 
 // SetWriteDeadline accepts every deadline, as the connection of a real stream does.
 func (w *eventCounter) SetWriteDeadline(time.Time) error { return nil }
