@@ -16,12 +16,11 @@ import (
 // goroutineKind is what one kind of goroutine in a server process costs in stacks: how
 // many there are, and the stack memory they hold and use.
 type goroutineKind struct {
-	label      string
-	count      int
-	allocated  uint64 // bytes of stack the goroutines hold
-	used       uint64 // bytes between each one's saved stack pointer and its stack top
-	largestKB  uint64 // the largest stack of one of them, in KB
-	startFuncs []string
+	label     string
+	count     int
+	allocated uint64 // bytes of stack the goroutines hold
+	used      uint64 // bytes between each one's saved stack pointer and its stack top
+	largestKB uint64 // the largest stack of one of them, in KB
 }
 
 // stackKinds names the goroutines a stream runs, by the function each one started in.
