@@ -2,18 +2,19 @@ package main
 
 import (
 	"bufio"
-	"context"
+	"bytes"
 	"encoding/json"
-	"expvar"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
-	"os/signal"
+	"os/exec"
+	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,15 +24,9 @@ import (
 	"testing"
 	"text/tabwriter"
 	"time"
-
-	"github.com/gofiber/adaptor/v2"
-	"github.com/gofiber/fiber/v2"
 )
 
-// benchServerEnv names the comparison server a re-executed test binary runs for
-// BenchmarkStreams: "net/http" or "fiber-native". This service itself runs as main.
-const benchServerEnv = "SSE_DASHBOARD_BENCH_SERVER"
-
+// BenchmarkWriteEvent frames one event: its JSON and its SSE lines, into reused buffers.
 func BenchmarkWriteEvent(b *testing.B) {
 	buf := make([]byte, 0, 256)
 	data := make([]byte, 0, 64)
@@ -43,168 +38,128 @@ func BenchmarkWriteEvent(b *testing.B) {
 	}
 }
 
-// serveComparison runs one of the comparison servers on addr until SIGTERM, with the
-// same producer, framing and settings as this service.
-func serveComparison(kind string, args []string) error {
-	cfg, err := parseConfig(args, func(string) string { return "" }, io.Discard)
-	if err != nil {
-		return err
-	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ln, err := net.Listen("tcp", cfg.addr)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("msg=listening addr=%s\n", ln.Addr())
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	// What sample reads from /debug/vars; the service itself reports both in its metrics.
-	var open func() int64
-	expvar.Publish("clients", expvar.Func(func() any { return open() }))
-	expvar.Publish("goroutines", expvar.Func(func() any { return runtime.NumGoroutine() }))
-	switch kind {
-	case "net/http":
-		streams := handleSSE(cfg.stream, logger)
-		open = streams.Clients
-		mux := http.NewServeMux()
-		mux.Handle("GET /sse", streams)
-		mux.Handle("GET /debug/vars", expvar.Handler())
-		// Requests share ctx, so that streams end at shutdown as they do under Fiber.
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: cfg.readTimeout,
-			BaseContext: func(net.Listener) context.Context { return ctx }}
-		go srv.Serve(ln)
-		<-ctx.Done()
-		return srv.Shutdown(context.Background())
-	case "fiber-native":
-		app := fiber.New(fiber.Config{DisableStartupMessage: true, ReadTimeout: cfg.readTimeout})
-		var streams atomic.Int64
-		open = streams.Load
-		app.Get("/sse", fiberNativeStream(cfg.stream, &streams))
-		app.Get("/debug/vars", adaptor.HTTPHandler(expvar.Handler()))
-		go app.Listener(ln)
-		<-ctx.Done()
-		return app.Shutdown()
-	}
-	return fmt.Errorf("unknown comparison server %q", kind)
-}
-
-// fiberNativeStream is the same stream written with fasthttp's SetBodyStreamWriter instead
-// of net/http and the adaptor: the same producer, framing, batching and keepalive, without
-// the write deadline, the client limit and the logs, which that API has no place for.
-func fiberNativeStream(cfg streamConfig, open *atomic.Int64) fiber.Handler {
-	return func(c *fiber.Ctx) error {
-		c.Set("Content-Type", "text/event-stream")
-		c.Set("Cache-Control", "no-cache")
-		c.Set("Access-Control-Allow-Origin", "*")
-		// The writer runs after the handler returns, when c may serve another request.
-		shutdown, name := c.Context().Done(), c.Context().RemoteAddr().String()
-		c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-			open.Add(1)
-			defer open.Add(-1)
-			client := newClient(name, cfg.Buffer)
-			ctx, stop := context.WithCancel(context.Background())
-			defer stop()
-			go produce(ctx, client.events, cfg.Interval)
-			keepalive := time.NewTimer(cfg.Keepalive)
-			defer keepalive.Stop()
-			var buf, data []byte
-			var lastWrite time.Time
-			id := uint64(1)
-			write := func(p []byte) bool {
-				lastWrite = time.Now()
-				if _, err := w.Write(p); err != nil {
-					return false
-				}
-				return w.Flush() == nil
-			}
-			opening := strconv.AppendInt([]byte("retry: "), cfg.Retry.Milliseconds(), 10)
-			if !write(append(opening, "\n: stream opened\n\n"...)) {
-				return
-			}
-			for {
-				select {
-				case ev := <-client.events:
-					buf = buf[:0]
-					for {
-						data = ev.AppendJSON(data[:0])
-						buf = appendEvent(buf, id, data)
-						id++
-						if len(client.events) == 0 {
-							break
-						}
-						ev = <-client.events
-					}
-					if !write(buf) {
-						return
-					}
-				case <-keepalive.C:
-					if silent := time.Since(lastWrite); silent < cfg.Keepalive {
-						keepalive.Reset(cfg.Keepalive - silent)
-						continue
-					}
-					if !write(keepaliveFrame) {
-						return
-					}
-					keepalive.Reset(cfg.Keepalive)
-				case <-shutdown:
-					return
-				}
-			}
-		})
-		return nil
+// BenchmarkStream runs one whole stream, producer included, through the SSE handler into
+// a ResponseWriter that takes b.N events and then fails as a client that left. The
+// stream's setup is spread over b.N events, so allocs/op is what each event costs.
+func BenchmarkStream(b *testing.B) {
+	cfg := streamConfig{Interval: time.Nanosecond, Keepalive: time.Hour, Retry: time.Second,
+		WriteTimeout: time.Minute, Buffer: 10, MaxClients: 1}
+	h := handleSSE(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	w := &eventCounter{header: make(http.Header), limit: b.N}
+	r := httptest.NewRequest(http.MethodGet, "/sse", nil)
+	b.ReportAllocs()
+	b.ResetTimer()
+	h.ServeHTTP(w, r)
+	if w.events < b.N {
+		b.Fatalf("the stream ended after %d events, want %d", w.events, b.N)
 	}
 }
 
-// benchKinds are the servers BenchmarkStreams compares, this service first.
-var benchKinds = []struct{ name, env string }{
-	{"fiber+adaptor", helperEnv + "=1"},
-	{"net/http", benchServerEnv + "=net/http"},
-	{"fiber-native", benchServerEnv + "=fiber-native"},
+// eventCounter is a ResponseWriter, with the Flush and SetWriteDeadline of a real one, that
+// counts the events written to it and fails every write once it has limit of them, as a
+// client that has gone.
+type eventCounter struct {
+	header        http.Header
+	events, limit int
+}
+
+// Header returns the response headers, which nothing reads.
+func (w *eventCounter) Header() http.Header { return w.header }
+
+// WriteHeader ignores the status: the stream always starts with 200.
+func (w *eventCounter) WriteHeader(int) {}
+
+// Flush does nothing: every write is already counted.
+func (w *eventCounter) Flush() {}
+
+// SetWriteDeadline accepts every deadline, as the connection of a real stream does.
+func (w *eventCounter) SetWriteDeadline(time.Time) error { return nil }
+
+// Write counts the events in p.
+func (w *eventCounter) Write(p []byte) (int, error) {
+	if w.events >= w.limit {
+		return 0, net.ErrClosed
+	}
+	w.events += bytes.Count(p, []byte("id: "))
+	return len(p), nil
+}
+
+// benchServer is one server BenchmarkStreams compares, and the file its logs go to.
+type benchServer struct {
+	name  string // as the table shows it
+	env   string // what the re-executed test binary serves
+	file  string // name of its log file and profiles, without the extension
+	admin bool   // whether it serves /debug/vars and /metrics on an admin listener
+}
+
+// benchServers are the servers BenchmarkStreams compares, this service first.
+var benchServers = []benchServer{
+	{"fiber+adaptor", helperEnv + "=1", "fiber-adaptor", true},
+	{"net/http", benchServerEnv + "=net/http", "net-http", false},
+	{"fiber-native", benchServerEnv + "=fiber-native", "fiber-native", false},
 }
 
 // benchRuns is how many times each figure is measured; the table shows medians.
 const benchRuns = 3
 
+// benchLogDir is where the servers' logs and profiles go, one set per server; make bench
+// prints the path, and git ignores it.
+const benchLogDir = "bench-logs"
+
 // BenchmarkStreams measures the three servers, each in a process of its own, alternating
-// within each run, and prints a table of medians. Run it with make bench.
+// within each run, and prints a table of medians. A phase that falls short (a stream
+// starved, a server that did not start or stop in time) is named in one line, and the
+// figures it measured are marked, never dropped. Run it with make bench.
 func BenchmarkStreams(b *testing.B) {
 	if b.N > 1 {
 		b.Skip("run with -benchtime 1x: one pass already takes minutes")
 	}
-	figures := map[string]map[string][]float64{}
-	for _, k := range benchKinds {
-		figures[k.name] = map[string][]float64{}
+	dir, err := filepath.Abs(benchLogDir)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o755)
 	}
+	if err != nil {
+		b.Fatalf("create the directory for the servers' logs: %v", err)
+	}
+	for _, s := range benchServers {
+		os.Remove(filepath.Join(dir, s.file+".log"))
+	}
+	fmt.Printf("server logs and profiles: %s/\n", dir)
+	results := &benchResults{dir: dir, figures: map[string]map[string][]benchFigure{}}
 	for run := range benchRuns {
-		for _, k := range benchKinds {
-			f := figures[k.name]
+		for _, s := range benchServers {
 			hold := 2 * time.Second
-			if run == 0 && k.name == "fiber+adaptor" {
+			if run == 0 && s.name == "fiber+adaptor" {
 				hold = 30 * time.Second // the target: 15k streams held for 30s, every event delivered
 			}
-			measureHeld(b, k.env, f, hold)
-			measureChurn(b, k.env, f)
-			measureThroughput(b, k.env, f)
+			measureHeld(results.phase(s, run, "held streams"), hold)
+			measureChurn(results.phase(s, run, "churn"))
+			measureThroughput(results.phase(s, run, "1k streams x 1ms"))
 		}
 	}
-	printBenchTable(os.Stdout, figures)
-	for _, k := range benchKinds {
-		b.Run(strings.ReplaceAll(k.name, "/", "-"), func(b *testing.B) {
+	results.print(os.Stdout)
+	for _, s := range benchServers {
+		b.Run(strings.ReplaceAll(s.name, "/", "-"), func(b *testing.B) {
 			for _, m := range benchMetrics {
-				b.ReportMetric(median(figures[k.name][m.key]), m.unit)
+				if v, _, ok := results.median(s.name, m.key); ok {
+					b.ReportMetric(v, m.unit)
+				}
 			}
 		})
+	}
+	if results.lost > 0 {
+		b.Errorf("%d gaps in the streams' ids: events were lost (see the notes above the table)", results.lost)
 	}
 }
 
 // benchMetrics are the table's rows: a key, the unit for b.ReportMetric, and a label.
 var benchMetrics = []struct{ key, unit, label string }{
 	{"rss1k", "rss-KB/stream@1k", "RSS per stream, 1k streams (KB)"},
-	{"rss5k", "rss-KB/stream@5k", "RSS per stream, 5k streams (KB)"},
+	{"rss10k", "rss-KB/stream@10k", "RSS per stream, 10k streams (KB)"},
 	{"rss15k", "rss-KB/stream@15k", "RSS per stream, 15k streams (KB)"},
-	{"heap15k", "heap-KB/stream@15k", "heap per stream, 15k streams (KB)"},
-	{"stack15k", "stack-KB/stream@15k", "goroutine stacks per stream, 15k streams (KB)"},
-	{"gor15k", "goroutines/stream@15k", "goroutines per stream, 15k streams"},
+	{"heap10k", "heap-KB/stream@10k", "heap per stream, 10k streams (KB)"},
+	{"stack10k", "stack-KB/stream@10k", "goroutine stacks per stream, 10k streams (KB)"},
+	{"gor10k", "goroutines/stream@10k", "goroutines per stream, 10k streams"},
 	{"evcpu", "events/cpu-s", "events per server CPU-second, 1k streams x 1ms"},
 	{"evs", "events/s", "delivered events/s, 1k streams x 1ms"},
 	{"accept", "accept5k-ms", "time to accept 5k streams (ms)"},
@@ -212,103 +167,359 @@ var benchMetrics = []struct{ key, unit, label string }{
 	{"shutdown", "shutdown5k-ms", "shutdown with 5k open streams (ms)"},
 }
 
-// measureHeld holds 1k, then 5k, then 15k streams at one event a second and records the
-// memory and goroutines each costs.
-func measureHeld(b *testing.B, env string, f map[string][]float64, hold time.Duration) {
-	proc := startProcessAs(b, env, "-interval", "1s", "-max-clients", "20000")
-	defer proc.signal(b, syscall.SIGTERM, 30*time.Second)
-	clients := &benchClients{addr: strings.TrimPrefix(proc.url, "http://")}
+// benchFigure is one measured value, and whether the phase that measured it fell short.
+type benchFigure struct {
+	value float64
+	short bool
+}
+
+// benchResults collects every figure of every run, and a line for each shortfall.
+type benchResults struct {
+	dir     string
+	figures map[string]map[string][]benchFigure // server, then figure key
+	kinds   map[string][]string                 // per server, its goroutine kinds in order
+	notes   []string
+	lost    int64 // gaps in the ids, over every run
+}
+
+// benchPhase is one phase of one run against one server.
+type benchPhase struct {
+	results *benchResults
+	server  benchServer
+	run     int
+	name    string
+	short   bool
+}
+
+// phase starts recording a phase.
+func (r *benchResults) phase(s benchServer, run int, name string) *benchPhase {
+	return &benchPhase{results: r, server: s, run: run, name: name}
+}
+
+// record adds a figure, marked if the phase has fallen short so far.
+func (p *benchPhase) record(key string, value float64) {
+	f := p.results.figures[p.server.name]
+	if f == nil {
+		f = map[string][]benchFigure{}
+		p.results.figures[p.server.name] = f
+	}
+	f[key] = append(f[key], benchFigure{value, p.short})
+}
+
+// fallShort notes in one line why the phase fell short; figures it records from then on
+// are marked in the table.
+func (p *benchPhase) fallShort(err error) {
+	p.short = true
+	p.results.notes = append(p.results.notes, fmt.Sprintf("%s, run %d, %s: %v", p.server.name, p.run+1, p.name, err))
+}
+
+// median returns the median of a figure over the runs that measured it, and whether any
+// of those fell short.
+func (r *benchResults) median(server, key string) (value float64, short, ok bool) {
+	figures := r.figures[server][key]
+	if len(figures) == 0 {
+		return 0, false, false
+	}
+	values := make([]float64, len(figures))
+	for i, f := range figures {
+		values[i] = f.value
+		short = short || f.short
+	}
+	slices.Sort(values)
+	return values[len(values)/2], short, true
+}
+
+// measureHeld holds 1k, then 10k, then 15k streams at one event a second and records the
+// memory and goroutines each costs; at 10k it also records the stacks of each goroutine
+// kind, and in the first run it has the server write a heap and a goroutine profile.
+func measureHeld(p *benchPhase, hold time.Duration) {
+	proc, err := startBenchServer(p, "-interval", "1s", "-max-clients", "20000")
+	if err != nil {
+		p.fallShort(err)
+		return
+	}
+	defer proc.stop(p, 30*time.Second)
+	clients := &benchClients{addr: proc.addr}
 	defer clients.closeAll()
-	base := sample(b, proc)
+	defer func() { p.results.lost += clients.gaps.Load() }()
+	base, err := sampleProcess(proc)
+	if err != nil {
+		p.fallShort(err)
+		return
+	}
+	baseKinds, _ := goroutineStacks(proc.cmd.Process.Pid)
 	for _, level := range []struct {
 		name    string
 		streams int
 		hold    time.Duration
-	}{{"1k", 1000, 2 * time.Second}, {"5k", 5000, 2 * time.Second}, {"15k", 15000, hold}} {
-		clients.open(b, level.streams-clients.count())
+	}{{"1k", 1000, 2 * time.Second}, {"10k", 10000, 2 * time.Second}, {"15k", 15000, hold}} {
+		if err := clients.open(level.streams - clients.count()); err != nil {
+			p.fallShort(fmt.Errorf("%s streams: %w", level.name, err))
+			return
+		}
 		before := clients.lastIDs()
 		time.Sleep(level.hold)
-		perStream(f, level.name, base, sample(b, proc), level.streams)
+		now, err := sampleProcess(proc)
+		if err != nil {
+			p.fallShort(err)
+			return
+		}
 		// At one event a second, a stream held for n seconds gets n events, give or take one.
-		clients.checkProgress(b, level.name+" streams", before, uint64(level.hold/time.Second)-1)
+		if err := clients.checkProgress(before, uint64(level.hold/time.Second)-1); err != nil {
+			p.fallShort(fmt.Errorf("%s streams: %w", level.name, err))
+		}
+		n := float64(level.streams)
+		p.record("rss"+level.name, (now.rssKB-base.rssKB)/n)
+		p.record("heap"+level.name, (now.heapKB-base.heapKB)/n)
+		p.record("stack"+level.name, (now.stackKB-base.stackKB)/n)
+		p.record("gor"+level.name, float64(now.goroutines-base.goroutines)/n)
+		if level.name == "10k" {
+			p.recordKinds(proc, baseKinds, level.streams)
+			if p.run == 0 {
+				if err := proc.writeProfiles(p); err != nil {
+					p.fallShort(fmt.Errorf("profiles: %w", err))
+				}
+			}
+		}
 	}
-	clients.checkDelivery(b, "15k streams")
+}
+
+// recordKinds records, per goroutine kind, how many goroutines each stream adds and the
+// stack memory they hold and use, from the stacks now less those in base.
+func (p *benchPhase) recordKinds(proc *benchProcess, base []goroutineKind, streams int) {
+	kinds, err := goroutineStacks(proc.cmd.Process.Pid)
+	if err != nil {
+		p.fallShort(fmt.Errorf("stacks per goroutine kind: %w", err))
+		return
+	}
+	if p.results.kinds == nil {
+		p.results.kinds = map[string][]string{}
+	}
+	n := float64(streams)
+	for _, k := range kinds {
+		if i := slices.IndexFunc(base, func(b goroutineKind) bool { return b.label == k.label }); i >= 0 {
+			k.count -= base[i].count
+			k.allocated -= min(k.allocated, base[i].allocated)
+			k.used -= min(k.used, base[i].used)
+		}
+		if float64(k.count) < n/10 {
+			continue // not a goroutine of every stream
+		}
+		if !slices.Contains(p.results.kinds[p.server.name], k.label) {
+			p.results.kinds[p.server.name] = append(p.results.kinds[p.server.name], k.label)
+		}
+		p.record("kind:"+k.label+":n", float64(k.count)/n)
+		p.record("kind:"+k.label+":kb", float64(k.allocated)/1024/n)
+		p.record("kind:"+k.label+":each", float64(k.allocated)/1024/float64(k.count))
+		p.record("kind:"+k.label+":used", float64(k.used)/1024/float64(k.count))
+	}
 }
 
 // measureChurn records how long the server takes to accept 5k streams, to notice that 5k
 // clients vanished, and to shut down with 5k streams open.
-func measureChurn(b *testing.B, env string, f map[string][]float64) {
-	proc := startProcessAs(b, env, "-interval", "1s", "-max-clients", "20000")
-	clients := &benchClients{addr: strings.TrimPrefix(proc.url, "http://")}
+func measureChurn(p *benchPhase) {
+	proc, err := startBenchServer(p, "-interval", "1s", "-max-clients", "20000")
+	if err != nil {
+		p.fallShort(err)
+		return
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			proc.stop(p, 30*time.Second)
+		}
+	}()
+	clients := &benchClients{addr: proc.addr}
 	defer clients.closeAll()
+	defer func() { p.results.lost += clients.gaps.Load() }()
 
 	start := time.Now()
-	clients.open(b, 5000)
-	f["accept"] = append(f["accept"], ms(time.Since(start)))
+	if err := clients.open(5000); err != nil {
+		p.fallShort(err)
+		return
+	}
+	p.record("accept", ms(time.Since(start)))
 	time.Sleep(1500 * time.Millisecond)
 	start = time.Now()
 	clients.closeAll()
-	waitClients(b, proc, 0)
-	f["vanish"] = append(f["vanish"], ms(time.Since(start)))
+	if err := waitClients(proc, 0); err != nil {
+		p.fallShort(err)
+		return
+	}
+	p.record("vanish", ms(time.Since(start)))
 
-	clients.open(b, 5000)
-	waitClients(b, proc, 5000)
-	f["shutdown"] = append(f["shutdown"], ms(proc.signal(b, syscall.SIGTERM, 30*time.Second)))
-	clients.checkDelivery(b, "5k streams")
+	if err := clients.open(5000); err != nil {
+		p.fallShort(err)
+		return
+	}
+	if err := waitClients(proc, 5000); err != nil {
+		p.fallShort(err)
+		return
+	}
+	stopped = true
+	if took, ok := proc.stop(p, 30*time.Second); ok {
+		p.record("shutdown", ms(took))
+	}
 }
 
 // measureThroughput runs 1,000 streams at an event a millisecond and records events per
 // server CPU-second and delivered events per second.
-func measureThroughput(b *testing.B, env string, f map[string][]float64) {
-	proc := startProcessAs(b, env, "-interval", "1ms", "-buffer", "64")
-	clients := &benchClients{addr: strings.TrimPrefix(proc.url, "http://")}
+func measureThroughput(p *benchPhase) {
+	proc, err := startBenchServer(p, "-interval", "1ms", "-buffer", "64")
+	if err != nil {
+		p.fallShort(err)
+		return
+	}
+	defer proc.stop(p, 30*time.Second)
+	clients := &benchClients{addr: proc.addr}
 	defer clients.closeAll()
-	clients.open(b, 1000)
+	defer func() { p.results.lost += clients.gaps.Load() }()
+	if err := clients.open(1000); err != nil {
+		p.fallShort(err)
+		return
+	}
 	time.Sleep(time.Second)
 	before := clients.lastIDs()
-	cpu0, events0, t0 := procCPU(b, proc), clients.events.Load(), time.Now()
+	cpu0, err0 := processCPU(proc)
+	events0, t0 := clients.events.Load(), time.Now()
 	time.Sleep(5 * time.Second)
-	cpu1, events1, t1 := procCPU(b, proc), clients.events.Load(), time.Now()
+	cpu1, err1 := processCPU(proc)
+	events1, t1 := clients.events.Load(), time.Now()
+	if err := errors.Join(err0, err1); err != nil {
+		p.fallShort(err)
+		return
+	}
 	// A stream starved while the others run would not show in the totals.
-	clients.checkProgress(b, "1k streams x 1ms", before, 100)
+	if err := clients.checkProgress(before, 100); err != nil {
+		p.fallShort(err)
+	}
 	events := float64(events1 - events0)
-	f["evcpu"] = append(f["evcpu"], events/(cpu1-cpu0).Seconds())
-	f["evs"] = append(f["evs"], events/t1.Sub(t0).Seconds())
-	clients.checkDelivery(b, "1k streams x 1ms")
-	proc.signal(b, syscall.SIGTERM, 30*time.Second)
+	p.record("evcpu", events/(cpu1-cpu0).Seconds())
+	p.record("evs", events/t1.Sub(t0).Seconds())
 }
 
-// perStream records memory and goroutines per stream at one level.
-func perStream(f map[string][]float64, level string, base, now procSample, streams int) {
-	n := float64(streams)
-	f["rss"+level] = append(f["rss"+level], float64(now.rssKB-base.rssKB)/n)
-	f["heap"+level] = append(f["heap"+level], float64(now.heapKB-base.heapKB)/n)
-	f["stack"+level] = append(f["stack"+level], float64(now.stackKB-base.stackKB)/n)
-	f["gor"+level] = append(f["gor"+level], float64(now.goroutines-base.goroutines)/n)
+// benchProcess is a server BenchmarkStreams runs in a process of its own, its output
+// going to its log file.
+type benchProcess struct {
+	cmd    *exec.Cmd
+	addr   string
+	admin  string // the service's admin listener; the comparison servers have none
+	log    *os.File
+	exited chan struct{}
+}
+
+// startBenchServer starts the phase's server on free loopback ports with args, its output
+// appended to its log file, and waits until it listens.
+func startBenchServer(p *benchPhase, args ...string) (*benchProcess, error) {
+	path := filepath.Join(p.results.dir, p.server.file+".log")
+	log, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	offset, _ := log.Seek(0, io.SeekEnd)
+	fmt.Fprintf(log, "--- run %d, %s\n", p.run+1, p.name)
+	flags := []string{"-addr", "127.0.0.1:0"}
+	if p.server.admin {
+		flags = append(flags, "-admin-addr", "127.0.0.1:0")
+	}
+	cmd := exec.Command(os.Args[0], append(flags, args...)...)
+	cmd.Env = []string{p.server.env, benchProfilesEnv + "=" + p.results.dir, "CPUPROFILE=" + os.Getenv("CPUPROFILE"),
+		"GORACE=atexit_sleep_ms=0"}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("start the server process: %w", err)
+	}
+	proc := &benchProcess{cmd: cmd, log: log, exited: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		log.Close()
+		close(proc.exited)
+	}()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		written, _ := os.ReadFile(path)
+		if m := listeningLine.FindSubmatch(written[min(int(offset), len(written)):]); m != nil {
+			proc.addr, proc.admin = string(m[1])+string(m[3]), string(m[2])+string(m[4])
+			return proc, nil
+		}
+		select {
+		case <-proc.exited:
+			return nil, fmt.Errorf("the server exited before it listened (log: %s)", path)
+		default:
+		}
+	}
+	cmd.Process.Kill()
+	<-proc.exited
+	return nil, fmt.Errorf("the server did not listen within 10s (log: %s)", path)
+}
+
+// stop sends SIGTERM and waits until the process exits; past within, it notes the
+// shortfall and kills it. It returns how long the exit took and whether it was in time.
+func (proc *benchProcess) stop(p *benchPhase, within time.Duration) (time.Duration, bool) {
+	start := time.Now()
+	proc.cmd.Process.Signal(syscall.SIGTERM)
+	timer := time.NewTimer(within)
+	defer timer.Stop()
+	select {
+	case <-proc.exited:
+		return time.Since(start), true
+	case <-timer.C:
+		proc.cmd.Process.Kill()
+		<-proc.exited
+		p.fallShort(fmt.Errorf("the server did not exit within %s of SIGTERM", within))
+		return 0, false
+	}
+}
+
+// writeProfiles has the server write its heap and goroutine profiles, and moves them to
+// files named after the server.
+func (proc *benchProcess) writeProfiles(p *benchPhase) error {
+	dir := p.results.dir
+	done := filepath.Join(dir, "goroutine.txt")
+	os.Remove(done)
+	if err := proc.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(done); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the server wrote no profiles within 30s")
+		}
+	}
+	return errors.Join(
+		os.Rename(filepath.Join(dir, "heap.pprof"), filepath.Join(dir, p.server.file+"-heap.pprof")),
+		os.Rename(done, filepath.Join(dir, p.server.file+"-goroutine.txt")))
 }
 
 // procSample is what the server process uses at one moment.
 type procSample struct {
 	rssKB, heapKB, stackKB float64
-	goroutines, client     int
+	goroutines, clients    int
 }
 
-// sample reads the server's RSS from /proc, its heap from expvar, and its goroutines and
-// clients from its metrics (the service) or from expvar (the comparison servers).
-func sample(b testing.TB, proc *serverProcess) procSample {
-	b.Helper()
+// sampleProcess reads the server's RSS from /proc, its heap and stacks from expvar, and
+// its goroutines and clients from its metrics (the service, on its admin listener) or
+// from expvar (the comparison servers).
+func sampleProcess(proc *benchProcess) (procSample, error) {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", proc.cmd.Process.Pid))
 	if err != nil {
-		b.Fatal(err)
+		return procSample{}, fmt.Errorf("read the server's RSS: %w", err)
 	}
-	rss, _ := strconv.ParseFloat(string(regexp.MustCompile(`VmRSS:\s+(\d+)`).FindSubmatch(status)[1]), 64)
-	varsURL := proc.url
-	if proc.adminURL != "" {
-		varsURL = proc.adminURL
+	m := regexp.MustCompile(`VmRSS:\s+(\d+)`).FindSubmatch(status)
+	if m == nil {
+		return procSample{}, errors.New("no VmRSS in the server's /proc status")
 	}
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(varsURL + "/debug/vars")
+	rss, _ := strconv.ParseFloat(string(m[1]), 64)
+	base := "http://" + proc.addr
+	if proc.admin != "" {
+		base = "http://" + proc.admin
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(base + "/debug/vars")
 	if err != nil {
-		b.Fatal(err)
+		return procSample{}, fmt.Errorf("read the server's expvar: %w", err)
 	}
 	defer resp.Body.Close()
 	var vars struct {
@@ -320,35 +531,55 @@ func sample(b testing.TB, proc *serverProcess) procSample {
 		} `json:"memstats"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&vars); err != nil {
-		b.Fatal(err)
+		return procSample{}, fmt.Errorf("decode the server's expvar: %w", err)
 	}
-	s := procSample{rssKB: rss, heapKB: vars.Memstats.HeapInuse / 1024, stackKB: vars.Memstats.StackInuse / 1024, goroutines: vars.Goroutines, client: vars.Clients}
-	if proc.adminURL != "" {
-		m := scrape(b, proc.adminURL)
-		s.goroutines, s.client = int(m["go_goroutines"]), int(m["sse_streams_open"])
+	s := procSample{rssKB: rss, heapKB: vars.Memstats.HeapInuse / 1024, stackKB: vars.Memstats.StackInuse / 1024,
+		goroutines: vars.Goroutines, clients: vars.Clients}
+	if proc.admin != "" {
+		metrics, err := client.Get(base + "/metrics")
+		if err != nil {
+			return procSample{}, fmt.Errorf("read the server's metrics: %w", err)
+		}
+		defer metrics.Body.Close()
+		lines := bufio.NewScanner(metrics.Body)
+		for lines.Scan() {
+			name, value, _ := strings.Cut(lines.Text(), " ")
+			switch name {
+			case "go_goroutines":
+				s.goroutines, _ = strconv.Atoi(value)
+			case "sse_streams_open":
+				s.clients, _ = strconv.Atoi(value)
+			}
+		}
 	}
-	return s
+	return s, nil
 }
 
 // waitClients waits until the server reports n open streams.
-func waitClients(b *testing.B, proc *serverProcess, n int) {
-	b.Helper()
-	eventually(b, 30*time.Second, fmt.Sprintf("the server holds %d streams", n), func() bool {
-		return sample(b, proc).client == n
-	})
+func waitClients(proc *benchProcess, n int) error {
+	var last procSample
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		s, err := sampleProcess(proc)
+		if err != nil {
+			return err
+		}
+		if last = s; s.clients == n {
+			return nil
+		}
+	}
+	return fmt.Errorf("the server holds %d streams after 30s, want %d", last.clients, n)
 }
 
-// procCPU returns the user and system CPU time the server process has used.
-func procCPU(b *testing.B, proc *serverProcess) time.Duration {
-	b.Helper()
+// processCPU returns the user and system CPU time the server process has used.
+func processCPU(proc *benchProcess) (time.Duration, error) {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", proc.cmd.Process.Pid))
 	if err != nil {
-		b.Fatal(err)
+		return 0, fmt.Errorf("read the server's CPU time: %w", err)
 	}
-	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
 	utime, _ := strconv.Atoi(fields[11])
 	stime, _ := strconv.Atoi(fields[12])
-	return time.Duration(utime+stime) * time.Second / 100 // clock ticks at USER_HZ = 100
+	return time.Duration(utime+stime) * time.Second / 100, nil // clock ticks at USER_HZ = 100
 }
 
 // benchClients are raw stream readers in this process, each checking that its ids have no gap.
@@ -360,40 +591,24 @@ type benchClients struct {
 	dialed atomic.Int64
 	events atomic.Int64
 	gaps   atomic.Int64
-	broken atomic.Int64
 }
 
 // open adds n streams, dialing in parallel from several loopback addresses so that the
-// ephemeral ports of one address do not run out, and returns once each has its first bytes.
-func (c *benchClients) open(b testing.TB, n int) {
-	b.Helper()
+// ephemeral ports of one address do not run out, and returns once each has its first
+// bytes, or how many could not be opened and why the first failed.
+func (c *benchClients) open(n int) error {
 	var wg sync.WaitGroup
+	var failed atomic.Int64
+	var firstErr error
+	var once sync.Once
 	next := make(chan struct{})
 	for range 64 {
 		wg.Go(func() {
 			for range next {
-				ip := net.IPv4(127, 0, 0, byte(2+c.dialed.Add(1)%8))
-				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 10 * time.Second}
-				conn, err := d.Dial("tcp", c.addr)
-				if err != nil {
-					c.broken.Add(1)
-					continue
+				if err := c.dial(); err != nil {
+					failed.Add(1)
+					once.Do(func() { firstErr = err })
 				}
-				tcp := conn.(*net.TCPConn)
-				io.WriteString(tcp, streamRequest)
-				r := bufio.NewReaderSize(tcp, 512)
-				resp, err := http.ReadResponse(r, nil)
-				if err != nil || resp.StatusCode != http.StatusOK {
-					c.broken.Add(1)
-					tcp.Close()
-					continue
-				}
-				last := new(atomic.Uint64)
-				c.mu.Lock()
-				c.conns = append(c.conns, tcp)
-				c.lastID = append(c.lastID, last)
-				c.mu.Unlock()
-				go c.read(bufio.NewReaderSize(resp.Body, 512), last)
 			}
 		})
 	}
@@ -402,9 +617,38 @@ func (c *benchClients) open(b testing.TB, n int) {
 	}
 	close(next)
 	wg.Wait()
-	if broken := c.broken.Load(); broken > 0 {
-		b.Fatalf("%d streams could not be opened", broken)
+	if failed := failed.Load(); failed > 0 {
+		return fmt.Errorf("%d of %d streams could not be opened, the first: %w", failed, n, firstErr)
 	}
+	return nil
+}
+
+// dial opens one stream and starts reading it.
+func (c *benchClients) dial() error {
+	ip := net.IPv4(127, 0, 0, byte(2+c.dialed.Add(1)%8))
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 10 * time.Second}
+	conn, err := d.Dial("tcp", c.addr)
+	if err != nil {
+		return err
+	}
+	tcp := conn.(*net.TCPConn)
+	io.WriteString(tcp, streamRequest)
+	r := bufio.NewReaderSize(tcp, 512)
+	resp, err := http.ReadResponse(r, nil)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %s", resp.Status)
+	}
+	if err != nil {
+		tcp.Close()
+		return err
+	}
+	last := new(atomic.Uint64)
+	c.mu.Lock()
+	c.conns = append(c.conns, tcp)
+	c.lastID = append(c.lastID, last)
+	c.mu.Unlock()
+	go c.read(bufio.NewReaderSize(resp.Body, 512), last)
+	return nil
 }
 
 // read counts a stream's events until it ends, and every id that does not follow the last.
@@ -415,8 +659,8 @@ func (c *benchClients) read(r *bufio.Reader, lastID *atomic.Uint64) {
 		if err != nil {
 			return
 		}
-		if rest, ok := strings.CutPrefix(string(line), "id: "); ok {
-			id, _ := strconv.ParseUint(strings.TrimSpace(rest), 10, 64)
+		if rest, ok := bytes.CutPrefix(line, []byte("id: ")); ok {
+			id, _ := strconv.ParseUint(string(bytes.TrimSpace(rest)), 10, 64)
 			if id != last+1 {
 				c.gaps.Add(1)
 			}
@@ -424,15 +668,6 @@ func (c *benchClients) read(r *bufio.Reader, lastID *atomic.Uint64) {
 			lastID.Store(id)
 			c.events.Add(1)
 		}
-	}
-}
-
-// checkDelivery fails the benchmark if any stream missed an event, so no figure of a
-// broken run counts.
-func (c *benchClients) checkDelivery(b *testing.B, what string) {
-	b.Helper()
-	if gaps := c.gaps.Load(); gaps > 0 {
-		b.Fatalf("%s: %d gaps in the ids: events were lost", what, gaps)
 	}
 }
 
@@ -447,15 +682,23 @@ func (c *benchClients) lastIDs() []uint64 {
 	return ids
 }
 
-// checkProgress fails the benchmark unless every stream received at least want events
-// since the ids in before were taken.
-func (c *benchClients) checkProgress(b *testing.B, what string, before []uint64, want uint64) {
-	b.Helper()
+// checkProgress reports the streams that received fewer than want events since the ids
+// in before were taken: how many, and the one that received fewest.
+func (c *benchClients) checkProgress(before []uint64, want uint64) error {
+	short, worst, fewest := 0, 0, want
 	for i, now := range c.lastIDs()[:len(before)] {
-		if now-before[i] < want {
-			b.Fatalf("%s: stream %d received %d events, want at least %d", what, i, now-before[i], want)
+		if got := now - before[i]; got < want {
+			short++
+			if got < fewest {
+				worst, fewest = i, got
+			}
 		}
 	}
+	if short > 0 {
+		return fmt.Errorf("%d of %d streams received fewer than %d events, stream %d only %d",
+			short, len(before), want, worst, fewest)
+	}
+	return nil
 }
 
 // count returns how many streams are open.
@@ -476,32 +719,64 @@ func (c *benchClients) closeAll() {
 	c.conns, c.lastID = nil, nil
 }
 
+// ms returns d in milliseconds.
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func median(values []float64) float64 {
-	if len(values) == 0 {
-		return 0
+// print writes the notes, then the medians of every figure side by side with this
+// service's ratio to net/http, a figure from a run that fell short marked with *, then
+// the stacks per goroutine kind.
+func (r *benchResults) print(w io.Writer) {
+	for _, note := range r.notes {
+		fmt.Fprintln(w, "* fell short:", note)
 	}
-	s := slices.Clone(values)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-// printBenchTable prints the medians of every figure side by side, with each server's
-// ratio to net/http.
-func printBenchTable(w io.Writer, figures map[string]map[string][]float64) {
+	if r.lost > 0 {
+		fmt.Fprintf(w, "! %d gaps in the streams' ids: events were lost\n", r.lost)
+	}
+	cell := func(server, key string) string {
+		v, short, ok := r.median(server, key)
+		switch {
+		case !ok:
+			return "–"
+		case short:
+			return fmt.Sprintf("%.1f*", v)
+		}
+		return fmt.Sprintf("%.1f", v)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "median of %d runs\t", benchRuns)
-	for _, k := range benchKinds {
-		fmt.Fprintf(tw, "%s\t", k.name)
+	for _, s := range benchServers {
+		fmt.Fprintf(tw, "%s\t", s.name)
 	}
 	fmt.Fprintln(tw, "fiber+adaptor / net/http\t")
 	for _, m := range benchMetrics {
 		fmt.Fprintf(tw, "%s\t", m.label)
-		for _, k := range benchKinds {
-			fmt.Fprintf(tw, "%.1f\t", median(figures[k.name][m.key]))
+		for _, s := range benchServers {
+			fmt.Fprintf(tw, "%s\t", cell(s.name, m.key))
 		}
-		fmt.Fprintf(tw, "%.2f×\t\n", median(figures["fiber+adaptor"][m.key])/median(figures["net/http"][m.key]))
+		ours, _, ok1 := r.median("fiber+adaptor", m.key)
+		theirs, _, ok2 := r.median("net/http", m.key)
+		if ok1 && ok2 && theirs != 0 {
+			fmt.Fprintf(tw, "%.2f×\t\n", ours/theirs)
+		} else {
+			fmt.Fprintln(tw, "–\t")
+		}
 	}
 	tw.Flush()
+	if len(r.notes) > 0 {
+		fmt.Fprintln(w, "* from a run that fell short: see the lines above the table")
+	}
+
+	fmt.Fprintln(w, "\ngoroutine stacks per stream by kind, 10k streams (median of the runs):")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "server\tgoroutine\tper stream\tKB each\tKB in use each\tKB per stream\t")
+	for _, s := range benchServers {
+		for _, label := range r.kinds[s.name] {
+			key := "kind:" + label + ":"
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", s.name, label, cell(s.name, key+"n"),
+				cell(s.name, key+"each"), cell(s.name, key+"used"), cell(s.name, key+"kb"))
+		}
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "(a goroutine's stack doubles when a call needs more and halves at a GC only while less than a quarter\n"+
+		"of it is in use; heap and goroutine profiles at 10k streams: %s/*-heap.pprof, *-goroutine.txt)\n", r.dir)
 }

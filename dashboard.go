@@ -24,13 +24,13 @@ func (d *DashBoard) AppendJSON(dst []byte) []byte {
 // channel its producer fills.
 type Client struct {
 	name   string
-	events chan *DashBoard
+	events chan DashBoard
 }
 
 // newClient returns a Client whose channel holds up to buffer events, so a short stall in
 // writing does not stop the producer.
 func newClient(name string, buffer int) *Client {
-	return &Client{name: name, events: make(chan *DashBoard, buffer)}
+	return &Client{name: name, events: make(chan DashBoard, buffer)}
 }
 
 // maxUsers bounds the random walk that produce follows, so the page's chart has a fixed scale.
@@ -38,7 +38,7 @@ const maxUsers = 1000
 
 // produce sends a new DashBoard into events every interval until ctx is cancelled. Every
 // send also waits on ctx, so a producer whose client has gone never blocks forever.
-func produce(ctx context.Context, events chan<- *DashBoard, interval time.Duration) {
+func produce(ctx context.Context, events chan<- DashBoard, interval time.Duration) {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	users := rand.UintN(maxUsers + 1)
@@ -50,7 +50,7 @@ func produce(ctx context.Context, events chan<- *DashBoard, interval time.Durati
 		}
 		users = nextUsers(users)
 		select {
-		case events <- &DashBoard{User: users}:
+		case events <- DashBoard{User: users}:
 		case <-ctx.Done():
 			return
 		}

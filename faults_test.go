@@ -661,10 +661,10 @@ func TestFault_PanicAnswers500AndStreamsContinue(t *testing.T) {
 		t.Fatal(err)
 	}
 	app, _ := newApp(cfg, logger, new(atomic.Bool))
-	// The seam: a route on the same handler path as /sse (adaptor and recoverStream) that panics.
-	app.Get("/boom", adaptor.HTTPHandler(recoverStream(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+	// The seam: a route on the same handler path as /sse (offWorker, adaptor and recoverStream) that panics.
+	app.Get("/boom", offWorker(adaptor.HTTPHandler(recoverStream(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 		panic("boom")
-	}), logger)))
+	}), logger))))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -241,7 +241,7 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 	app.Get("/", page)
 	app.Get("/app.js", page)
 	app.Get("/style.css", page)
-	app.Get("/sse", adaptor.HTTPHandler(recoverStream(streams, logger)))
+	app.Get("/sse", offWorker(adaptor.HTTPHandler(recoverStream(streams, logger))))
 	app.Options("/sse", handlePreflight)
 	app.Get("/healthz", handleHealth(streams))
 	app.Get("/readyz", handleReady(ready))

@@ -50,7 +50,7 @@ type stream struct {
 // taken once by the caller because the adaptor may recycle that context once the client
 // is gone: under the adaptor it closes only at shutdown, under net/http also when the
 // client leaves.
-func (s *stream) run(opening []byte, events <-chan *DashBoard, requestDone <-chan struct{}) (endReason, error) {
+func (s *stream) run(opening []byte, events <-chan DashBoard, requestDone <-chan struct{}) (endReason, error) {
 	// Headers go out before any byte of body: under the adaptor a write before the first
 	// flush pins a 32 KB buffer for the life of the stream.
 	if err := s.rc.Flush(); err != nil {
@@ -130,7 +130,7 @@ func (s *stream) whyWriteFailed() endReason {
 }
 
 // queue frames ev under the next id into the stream's buffer.
-func (s *stream) queue(ev *DashBoard) {
+func (s *stream) queue(ev DashBoard) {
 	s.json = ev.AppendJSON(s.json[:0])
 	s.buf = appendEvent(s.buf, s.nextID, s.json)
 	if s.logger != nil {

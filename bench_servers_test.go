@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"expvar"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gofiber/adaptor/v2"
+	"github.com/gofiber/fiber/v2"
+)
+
+// benchServerEnv names the comparison server a re-executed test binary runs for
+// BenchmarkStreams: "net/http" or "fiber-native". This service itself runs as main.
+const benchServerEnv = "SSE_DASHBOARD_BENCH_SERVER"
+
+// benchProfilesEnv names a directory where a server process started by BenchmarkStreams
+// writes a heap profile and a goroutine profile each time it receives SIGUSR1.
+const benchProfilesEnv = "SSE_DASHBOARD_BENCH_PROFILES"
+
+// init installs the profile hook in a server process that BenchmarkStreams started; in
+// any other run of the test binary it does nothing.
+func init() {
+	if dir := os.Getenv(benchProfilesEnv); dir != "" {
+		signals := make(chan os.Signal, 1)
+		signal.Notify(signals, syscall.SIGUSR1)
+		go func() {
+			for range signals {
+				if err := writeProfiles(dir); err != nil {
+					fmt.Fprintln(os.Stderr, "write profiles:", err)
+				}
+			}
+		}()
+	}
+}
+
+// writeProfiles writes heap.pprof (after a GC, so it holds only live memory) and
+// goroutine.txt (every distinct goroutine stack with its count) into dir. The goroutine
+// profile is renamed into place last, so a reader that sees it finds both complete.
+func writeProfiles(dir string) error {
+	runtime.GC()
+	for _, p := range []struct {
+		profile, file string
+		debug         int
+	}{{"heap", "heap.pprof", 0}, {"goroutine", "goroutine.txt", 1}} {
+		tmp := filepath.Join(dir, p.file+".tmp")
+		f, err := os.Create(tmp)
+		if err != nil {
+			return err
+		}
+		err = pprof.Lookup(p.profile).WriteTo(f, p.debug)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("%s profile: %w", p.profile, err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, p.file)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// serveComparison runs one of the comparison servers on addr until SIGTERM, with the
+// same producer, framing and settings as this service: the same listener (its send
+// buffer cap) and, for Fiber, the same Fiber settings as newApp.
+func serveComparison(kind string, args []string) error {
+	cfg, err := parseConfig(args, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return err
+	}
+	if cfg.sendBuffer > 0 {
+		ln = sendBufferListener{Listener: ln, size: cfg.sendBuffer}
+	}
+	fmt.Printf("msg=listening addr=%s\n", ln.Addr())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	// What the benchmark reads from /debug/vars; the service itself reports both in its metrics.
+	var open func() int64
+	expvar.Publish("clients", expvar.Func(func() any { return open() }))
+	expvar.Publish("goroutines", expvar.Func(func() any { return runtime.NumGoroutine() }))
+	switch kind {
+	case "net/http":
+		streams := handleSSE(cfg.stream, logger)
+		open = streams.Clients
+		mux := http.NewServeMux()
+		mux.Handle("GET /sse", streams)
+		mux.Handle("GET /debug/vars", expvar.Handler())
+		// Requests share ctx, so that streams end at shutdown as they do under Fiber.
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: cfg.readTimeout,
+			BaseContext: func(net.Listener) context.Context { return ctx }}
+		go srv.Serve(ln)
+		<-ctx.Done()
+		return srv.Shutdown(context.Background())
+	case "fiber-native":
+		service, _ := newApp(cfg, logger, new(atomic.Bool))
+		settings := service.Config()
+		app := fiber.New(fiber.Config{
+			DisableStartupMessage: true,
+			ReadTimeout:           settings.ReadTimeout,
+			IdleTimeout:           settings.IdleTimeout,
+			ReduceMemoryUsage:     settings.ReduceMemoryUsage,
+			ReadBufferSize:        settings.ReadBufferSize,
+			WriteBufferSize:       settings.WriteBufferSize,
+		})
+		var streams atomic.Int64
+		open = streams.Load
+		app.Get("/sse", fiberNativeStream(cfg.stream, &streams))
+		app.Get("/debug/vars", adaptor.HTTPHandler(expvar.Handler()))
+		go app.Listener(ln)
+		<-ctx.Done()
+		return app.Shutdown()
+	}
+	return fmt.Errorf("unknown comparison server %q", kind)
+}
+
+// fiberNativeStream is the same stream written with fasthttp's SetBodyStreamWriter instead
+// of net/http and the adaptor: the same producer, framing, batching and keepalive, without
+// the write deadline, the client limit and the logs, which that API has no place for.
+func fiberNativeStream(cfg streamConfig, open *atomic.Int64) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		c.Set("Content-Type", "text/event-stream")
+		c.Set("Cache-Control", "no-cache")
+		c.Set("Access-Control-Allow-Origin", "*")
+		// The writer runs after the handler returns, when c may serve another request.
+		shutdown, name := c.Context().Done(), c.Context().RemoteAddr().String()
+		c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+			open.Add(1)
+			defer open.Add(-1)
+			client := newClient(name, cfg.Buffer)
+			ctx, stop := context.WithCancel(context.Background())
+			defer stop()
+			go produce(ctx, client.events, cfg.Interval)
+			keepalive := time.NewTimer(cfg.Keepalive)
+			defer keepalive.Stop()
+			var buf, data []byte
+			var lastWrite time.Time
+			id := uint64(1)
+			write := func(p []byte) bool {
+				lastWrite = time.Now()
+				if _, err := w.Write(p); err != nil {
+					return false
+				}
+				return w.Flush() == nil
+			}
+			opening := strconv.AppendInt([]byte("retry: "), cfg.Retry.Milliseconds(), 10)
+			if !write(append(opening, "\n: stream opened\n\n"...)) {
+				return
+			}
+			for {
+				select {
+				case ev := <-client.events:
+					buf = buf[:0]
+					for {
+						data = ev.AppendJSON(data[:0])
+						buf = appendEvent(buf, id, data)
+						id++
+						if len(client.events) == 0 {
+							break
+						}
+						ev = <-client.events
+					}
+					if !write(buf) {
+						return
+					}
+				case <-keepalive.C:
+					if silent := time.Since(lastWrite); silent < cfg.Keepalive {
+						keepalive.Reset(cfg.Keepalive - silent)
+						continue
+					}
+					if !write(keepaliveFrame) {
+						return
+					}
+					keepalive.Reset(cfg.Keepalive)
+				case <-shutdown:
+					return
+				}
+			}
+		})
+		return nil
+	}
+}
