@@ -5,6 +5,7 @@ import (
 	"context"
 	"expvar"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"net"
@@ -84,13 +85,12 @@ func serveComparison(kind string, args []string) error {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ln, err := net.Listen("tcp", cfg.addr)
+	tcp, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return err
 	}
-	if cfg.sendBuffer > 0 {
-		ln = sendBufferListener{Listener: ln, size: cfg.sendBuffer}
-	}
+	ln := newConnListener(tcp, logger, prometheus.NewCounter(prometheus.CounterOpts{Name: "accept_errors_total", Help: "Failed accepts."}))
+	ln.sendBuffer, ln.userTimeout = cfg.sendBuffer, cfg.deadClientAfter
 	fmt.Printf("msg=listening addr=%s\n", ln.Addr())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -26,7 +26,7 @@ import (
 
 	"github.com/gofiber/adaptor/v2"
 	"github.com/gofiber/fiber/v2"
-	"github.com/gofiber/fiber/v2/middleware/recover"
+	fiberrecover "github.com/gofiber/fiber/v2/middleware/recover"
 )
 
 //go:embed web/index.html web/app.js web/style.css
@@ -233,7 +233,7 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 		ReduceMemoryUsage: true,
 		WriteBufferSize:   1024,
 	})
-	app.Use(recover.New(), rejectUnknownVersions, rejectAmbiguousPaths)
+	app.Use(fiberrecover.New(), rejectUnknownVersions, rejectAmbiguousPaths)
 
 	streams := handleSSE(cfg.stream, logger)
 	page := handlePage(pageOrigins(cfg.pageSources))
@@ -246,6 +246,32 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 	app.Get("/healthz", handleHealth(streams))
 	app.Get("/readyz", handleReady(ready))
 	return app, streams
+}
+
+// offWorker runs h on a short-lived goroutine and waits for it, then panics again on the
+// calling goroutine if h panicked, so that the recover middleware still answers 500.
+// fasthttp's worker goroutine writes a stream's body for the stream's whole life, and a
+// goroutine's stack, once grown, stays grown while that much of it is in use: converting
+// the request for net/http on the worker would take its stack from 4 to 8 KB for every open
+// stream, while the short-lived goroutine gives that depth back when the handler returns.
+func offWorker(h fiber.Handler) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		var err error
+		var panicked any
+		done := make(chan struct{})
+		go func() {
+			defer func() {
+				panicked = recover()
+				close(done)
+			}()
+			err = h(c)
+		}()
+		<-done
+		if panicked != nil {
+			panic(panicked)
+		}
+		return err
+	}
 }
 
 // rejectUnknownVersions answers 505 to a request in any HTTP version but 1.x. fasthttp
