@@ -9,8 +9,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"io"
 	"log/slog"
 	"net"
@@ -26,6 +24,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // openFilesEnv sets RLIMIT_NOFILE of a process started by startProcessEnv, so that a test
@@ -201,31 +202,6 @@ func TestHostile_MaxClientsFitsTheOpenFileLimit(t *testing.T) {
 		t.Errorf("open streams = %v, want %d", n, fitted)
 	}
 	record(soakRow{"streams over an open-file limit of 512", fitted + 20, time.Since(start), "process kept serving", 0, 0})
-}
-
-func TestFitOpenFiles(t *testing.T) {
-	tests := []struct {
-		name       string
-		maxClients int
-		limit      uint64
-		margin     int
-		want       int
-		wantErr    bool
-	}{
-		{"plenty", 10000, 1 << 20, 64, 10000, false},
-		{"unlimited", 10000, ^uint64(0), 64, 10000, false},
-		{"exactly enough", 960, 1024, 64, 960, false},
-		{"lowered", 10000, 1024, 64, 960, false},
-		{"no margin", 10000, 1024, 0, 1024, false},
-		{"no room", 10000, 64, 64, 0, true},
-	}
-	for _, tt := range tests {
-		got, err := fitOpenFiles(tt.maxClients, tt.limit, tt.margin)
-		if got != tt.want || (err != nil) != tt.wantErr {
-			t.Errorf("%s: fitOpenFiles(%d, %d, %d) = %d, %v; want %d, error %t",
-				tt.name, tt.maxClients, tt.limit, tt.margin, got, err, tt.want, tt.wantErr)
-		}
-	}
 }
 
 // errListener is a listener whose Accept fails with errs in turn, then waits to be closed.
@@ -757,49 +733,4 @@ func TestLogLimit_SummarisesWhatItHoldsBack(t *testing.T) {
 			t.Fatal("a rate of 0 held a line back, want no limit")
 		}
 	}
-}
-
-func TestHostile_UnknownVersionsAndBadAcceptGetClearErrors(t *testing.T) {
-	srv := startServer(t, "-interval", "20ms")
-	canary := openCanaries(t, srv.url, 2)
-	start := time.Now()
-	tests := []struct {
-		name    string
-		request string
-		want    int
-	}{
-		{"HTTP/9.9", "GET /sse HTTP/9.9\r\nHost: x\r\n\r\n", http.StatusHTTPVersionNotSupported},
-		{"HTTP/2.0 on a page", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", http.StatusHTTPVersionNotSupported},
-		{"HTTP/0.9", "GET /healthz HTTP/0.9\r\nHost: x\r\n\r\n", http.StatusHTTPVersionNotSupported},
-		{"HTTP/1.2 is served as 1.1", "GET /healthz HTTP/1.2\r\nHost: x\r\n\r\n", http.StatusOK},
-		{"q=-1", "GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream;q=-1\r\n\r\n", http.StatusBadRequest},
-		{"q=2", "GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream;q=2\r\n\r\n", http.StatusBadRequest},
-		{"q=NaN", "GET /sse HTTP/1.1\r\nHost: x\r\nAccept: */*;q=NaN\r\n\r\n", http.StatusBadRequest},
-		{"empty Accept", "GET /sse HTTP/1.1\r\nHost: x\r\nAccept:\r\n\r\n", http.StatusOK},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			conn := dialRaw(t, srv.url)
-			defer conn.Close()
-			conn.SetDeadline(time.Now().Add(5 * time.Second))
-			io.WriteString(conn, tt.request)
-			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-			if err != nil {
-				t.Fatalf("no HTTP answer: %v", err)
-			}
-			if resp.StatusCode != tt.want {
-				t.Fatalf("status = %d, want %d", resp.StatusCode, tt.want)
-			}
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
-			if len(bytes.TrimSpace(body)) == 0 || bytes.Count(bytes.TrimSpace(body), []byte("\n")) != 0 {
-				t.Errorf("body = %q, want a one-line reason", body)
-			}
-		})
-	}
-	gaps := canary.check(500 * time.Millisecond)
-	leaks := expectBaseline(t, srv, 2)
-	record(soakRow{"unknown HTTP versions, bad Accept", len(tests), time.Since(start), leaks, gaps, 2})
 }

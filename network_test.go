@@ -300,27 +300,6 @@ func TestFault_StalledReaderIsDroppedAtAnyRate(t *testing.T) {
 		1, time.Since(start), leaks, gaps, 3})
 }
 
-func TestNamesEventStream(t *testing.T) {
-	tests := []struct {
-		accept []string
-		want   bool
-	}{
-		{nil, false},
-		{[]string{"*/*"}, false},
-		{[]string{"text/*"}, false},
-		{[]string{"text/event-stream"}, true},
-		{[]string{"text/html, text/event-stream;q=0.5"}, true},
-		{[]string{"application/json", "Text/Event-Stream"}, true},
-		{[]string{"text/event-stream;q=0"}, false},
-		{[]string{"text/event-streams"}, false},
-	}
-	for _, tt := range tests {
-		if got := namesEventStream(tt.accept); got != tt.want {
-			t.Errorf("namesEventStream(%q) = %t, want %t", tt.accept, got, tt.want)
-		}
-	}
-}
-
 // refusedThenServed is what an EventSource on a server at -max-clients lived through.
 type refusedThenServed struct {
 	mu       sync.Mutex
@@ -453,6 +432,7 @@ func TestBrowser_RefusedEventSourceReconnectsByItself(t *testing.T) {
 <link rel="icon" href="data:,">
 <script>
 window.log = [];
+
 const es = new EventSource(` + jsString(t, srv.url+"/sse") + `);
 es.onopen = () => { window.log.push("open"); };
 es.onerror = () => { window.log.push("error " + es.readyState); };
@@ -509,7 +489,8 @@ func TestNetwork_MaxLifetimeEndsAreSpread(t *testing.T) {
 		lifetime = 2 * time.Second
 		window   = lifetime / 5 // ±10 %
 	)
-	srv := startServer(t, "-max-lifetime", lifetime.String(), "-interval", "1h", "-keepalive", "1h")
+	// -log-rate 0: every stream's end line, with its duration, is the evidence.
+	srv := startServer(t, "-max-lifetime", lifetime.String(), "-interval", "1h", "-keepalive", "1h", "-log-rate", "0")
 	lasted := make(chan time.Duration, streams)
 	var wg sync.WaitGroup
 	for range streams {

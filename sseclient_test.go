@@ -11,6 +11,9 @@ package main
 //     time, which starts at sseDefaultRetry and which every retry: field sets;
 //   - lines end in CRLF, LF or CR; a blank line dispatches the event if it has data; an id with
 //     no data still becomes the last event id; a stream that ends mid-event drops that event.
+//
+// Below it, sseStream reads one stream frame by frame, comments and retry: included, for tests
+// that check the bytes on the wire; parseFrames is the parser it uses.
 
 import (
 	"bufio"
@@ -247,4 +250,175 @@ func TestSSEClient_FollowsTheStandard(t *testing.T) {
 			t.Errorf("request %d came %s after the one before, want at least the 50ms of retry:", i+1, gap)
 		}
 	}
+}
+
+// sseStream is one open GET /sse read frame by frame, as a real client reads it.
+type sseStream struct {
+	resp   *http.Response
+	reader *bufio.Reader
+}
+
+// openStream opens GET /sse with header and checks that it is an event stream.
+func openStream(t *testing.T, baseURL string, header http.Header) *sseStream {
+	t.Helper()
+	return openStreamAt(t, baseURL+"/sse", header)
+}
+
+// openStreamAt is openStream for the stream at url.
+func openStreamAt(t *testing.T, url string, header http.Header) *sseStream {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	// A transport of its own: closing the stream closes its connection, as a leaving browser does.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET /sse: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		t.Fatalf("GET /sse = %d %q, want 200", resp.StatusCode, body)
+	}
+	s := &sseStream{resp: resp, reader: bufio.NewReader(resp.Body)}
+	t.Cleanup(s.close)
+	return s
+}
+
+func (s *sseStream) close() {
+	s.resp.Body.Close()
+}
+
+// nextRaw returns the next frame's bytes, up to and including its blank line, failing
+// the test if none arrives within 5s.
+func (s *sseStream) nextRaw(t *testing.T) []byte {
+	t.Helper()
+	type result struct {
+		frame []byte
+		err   error
+	}
+	got := make(chan result, 1)
+	go func() {
+		var frame []byte
+		for {
+			line, err := s.reader.ReadBytes('\n')
+			frame = append(frame, line...)
+			if err != nil || string(line) == "\n" {
+				got <- result{frame, err}
+				return
+			}
+		}
+	}()
+	select {
+	case r := <-got:
+		if r.err != nil {
+			t.Fatalf("reading a frame: %v (read %q)", r.err, r.frame)
+		}
+		return r.frame
+	case <-time.After(5 * time.Second):
+		s.close()
+		t.Fatal("no frame within 5s")
+		return nil
+	}
+}
+
+// next returns the next frame, parsed.
+func (s *sseStream) next(t *testing.T) frame {
+	t.Helper()
+	raw := s.nextRaw(t)
+	frames := parseFrames(raw)
+	if len(frames) != 1 {
+		t.Fatalf("frame %q parsed into %d frames, want 1", raw, len(frames))
+	}
+	return frames[0]
+}
+
+// nextEvent skips keepalives and returns the next event.
+func (s *sseStream) nextEvent(t *testing.T) frame {
+	t.Helper()
+	for {
+		if f := s.next(t); f.isEvent {
+			return f
+		}
+	}
+}
+
+// readToEnd reads until the server ends the stream: nil for a clean end of a chunked
+// body, an error if the connection was cut.
+func (s *sseStream) readToEnd() error {
+	_, err := io.Copy(io.Discard, s.reader)
+	return err
+}
+
+// frame is what a WHATWG-conforming SSE parser makes of one blank-line-terminated block.
+type frame struct {
+	isEvent  bool // data lines were present, so EventSource dispatches a message
+	id       string
+	hasID    bool
+	data     string
+	event    string
+	retry    string
+	comments []string
+}
+
+// parseFrames parses an SSE byte stream as the HTML standard describes (lines end in
+// CRLF, LF or CR), returning one frame per blank line; a trailing unterminated block is
+// returned too, so a test can see it.
+func parseFrames(b []byte) []frame {
+	var frames []frame
+	var cur frame
+	var data strings.Builder
+	var started bool
+	for len(b) > 0 {
+		i := bytes.IndexAny(b, "\r\n")
+		line := b
+		rest := []byte(nil)
+		if i >= 0 {
+			line = b[:i]
+			rest = b[i+1:]
+			if b[i] == '\r' && len(rest) > 0 && rest[0] == '\n' {
+				rest = rest[1:]
+			}
+		}
+		b = rest
+		if len(line) == 0 {
+			if cur.isEvent {
+				cur.data = strings.TrimSuffix(data.String(), "\n")
+			}
+			frames = append(frames, cur)
+			cur, started = frame{}, false
+			data.Reset()
+			continue
+		}
+		started = true
+		if line[0] == ':' {
+			cur.comments = append(cur.comments, strings.TrimPrefix(string(line[1:]), " "))
+			continue
+		}
+		field, value, _ := strings.Cut(string(line), ":")
+		value = strings.TrimPrefix(value, " ")
+		switch field {
+		case "data":
+			cur.isEvent = true
+			data.WriteString(value)
+			data.WriteByte('\n')
+		case "id":
+			if !strings.ContainsRune(value, 0) {
+				cur.id, cur.hasID = value, true
+			}
+		case "event":
+			cur.event = value
+		case "retry":
+			cur.retry = value
+		}
+	}
+	if started {
+		frames = append(frames, cur)
+	}
+	return frames
 }

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func TestAcceptsEventStream(t *testing.T) {
+	tests := []struct {
+		name    string
+		accept  []string
+		want    bool
+		wantErr bool
+	}{
+		{"no header", nil, true, false},
+		{"empty header", []string{""}, true, false},
+		{"only commas and spaces", []string{" , ,"}, true, false},
+		{"exact", []string{"text/event-stream"}, true, false},
+		{"any", []string{"*/*"}, true, false},
+		{"text wildcard with weight", []string{"text/html, text/*;q=0.5"}, true, false},
+		{"JSON only", []string{"application/json"}, false, false},
+		{"refused", []string{"text/event-stream;q=0"}, false, false},
+		{"refused with decimals", []string{"text/event-stream;q=0.000"}, false, false},
+		{"refused beside a wildcard", []string{"text/event-stream;q=0, */*"}, false, false},
+		{"wildcard refused", []string{"*/*;q=0"}, false, false},
+		{"full weight", []string{"text/event-stream;q=1.000"}, true, false},
+		{"weight with a bare point", []string{"text/event-stream;q=1."}, true, false},
+		{"second header, any case", []string{"application/json", "Text/Event-Stream"}, true, false},
+		{"unparsable", []string{"garbage;;;"}, false, false},
+		{"negative q", []string{"text/event-stream;q=-1"}, false, true},
+		{"q over 1", []string{"text/event-stream;q=2"}, false, true},
+		{"q just over 1", []string{"text/event-stream;q=1.001"}, false, true},
+		{"q not a number", []string{"text/event-stream;q=NaN"}, false, true},
+		{"q with four decimals", []string{"*/*;q=0.1234"}, false, true},
+		{"q empty makes the item unparsable", []string{"*/*;q="}, false, false},
+		{"q exponent", []string{"*/*;q=1e-1"}, false, true},
+		{"bad q on another type", []string{"text/event-stream, text/html;q=9"}, false, true},
+	}
+	for _, tt := range tests {
+		got, err := acceptsEventStream(tt.accept)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("%s: acceptsEventStream(%q) = %t, %v; want %t, error %t", tt.name, tt.accept, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+// FuzzAppendEvent checks that any data makes exactly one event that a conforming parser
+// reads back with the same id and the data's lines (line breaks become LF).
+func FuzzAppendEvent(f *testing.F) {
+	for _, seed := range []string{`{"User":1}`, "", "a\nb", "a\r\nb", "a\rb", "\n", "\r\n\r\n", "data: x\n\nid: 9", ": c", " lead"} {
+		f.Add(uint64(1), []byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, id uint64, data []byte) {
+		out := appendEvent([]byte("prefix kept\n\n"), id, data)
+		frames := parseFrames(out)
+		if len(frames) != 2 {
+			t.Fatalf("appendEvent(%d, %q) = %q: %d frames, want the prefix and one event", id, data, out, len(frames))
+		}
+		ev := frames[1]
+		want := strings.NewReplacer("\r\n", "\n", "\r", "\n").Replace(string(data))
+		if !ev.isEvent || ev.id != strconv.FormatUint(id, 10) || ev.data != want {
+			t.Fatalf("appendEvent(%d, %q) = %q parsed as %+v, want id %d and data %q", id, data, out, ev, id, want)
+		}
+		if !bytes.HasSuffix(out, []byte("\n\n")) || bytes.HasSuffix(out, []byte("\n\n\n")) {
+			t.Fatalf("appendEvent(%d, %q) = %q, want exactly one blank line at the end", id, data, out)
+		}
+	})
+}
+
+// FuzzParseLastEventID checks that only a decimal id up to maxLastEventID is taken, so
+// the ids that follow never wrap around.
+func FuzzParseLastEventID(f *testing.F) {
+	for _, seed := range []string{"", "0", "41", "-1", "+1", "18446744073709551615", "18446744073709551616", "\xff"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, value string) {
+		id, ok := parseLastEventID(value)
+		want, err := strconv.ParseUint(value, 10, 64)
+		wantOK := err == nil && want <= maxLastEventID && utf8.ValidString(value)
+		if ok != wantOK || ok && id != want || !ok && id != 0 {
+			t.Fatalf("parseLastEventID(%q) = %d, %t; want %d, %t", value, id, ok, want, wantOK)
+		}
+		if ok && id+1 == 0 {
+			t.Fatalf("parseLastEventID(%q) = %d: the next id would wrap around", value, id)
+		}
+	})
+}
+
+// FuzzParseQValue checks the weight parser against RFC 9110's grammar for a qvalue:
+// "0" [ "." 0*3DIGIT ] or "1" [ "." 0*3("0") ], read as a decimal number.
+func FuzzParseQValue(f *testing.F) {
+	for _, seed := range []string{"0", "1", "0.5", "1.000", "1.001", "0.1234", "-1", "2", "NaN", "1e-1", "", ".5", "0."} {
+		f.Add(seed)
+	}
+	grammar := regexp.MustCompile(`^(0(\.[0-9]{0,3})?|1(\.0{0,3})?)$`)
+	f.Fuzz(func(t *testing.T, q string) {
+		weight, ok := parseQValue(q)
+		if want := grammar.MatchString(q); ok != want {
+			t.Fatalf("parseQValue(%q) ok = %t, want %t", q, ok, want)
+		}
+		if !ok {
+			return
+		}
+		want, err := strconv.ParseFloat(q, 64)
+		if err != nil || weight != want || weight < 0 || weight > 1 {
+			t.Fatalf("parseQValue(%q) = %v, want %v within [0, 1]", q, weight, want)
+		}
+	})
+}
+
+func TestNamesEventStream(t *testing.T) {
+	tests := []struct {
+		accept []string
+		want   bool
+	}{
+		{nil, false},
+		{[]string{"*/*"}, false},
+		{[]string{"text/*"}, false},
+		{[]string{"text/event-stream"}, true},
+		{[]string{"text/html, text/event-stream;q=0.5"}, true},
+		{[]string{"application/json", "Text/Event-Stream"}, true},
+		{[]string{"text/event-stream;q=0"}, false},
+		{[]string{"text/event-streams"}, false},
+	}
+	for _, tt := range tests {
+		if got := namesEventStream(tt.accept); got != tt.want {
+			t.Errorf("namesEventStream(%q) = %t, want %t", tt.accept, got, tt.want)
+		}
+	}
+}
