@@ -159,7 +159,7 @@ func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
 		t.Errorf("%d of %d idle connections still open after %s, want every one closed by -read-timeout", n, len(idle), 3*readTimeout+20*time.Second)
 	}
 	proc.running(t)
-	gaps := canary.check(time.Second)
+	gaps := canary.check(canaryMaxWait)
 	// New clients are served again.
 	openStream(t, proc.url, nil).next(t)
 	leaks := processBaseline(t, proc, 3, goroutines)
@@ -299,7 +299,7 @@ func TestHostile_AnnouncedBodyGets413Unread(t *testing.T) {
 		t.Errorf("RSS %d KB before, %d KB after %d announced bodies, %d KB after %d: want at most %d KB more the second time, %d KB in all",
 			start, first, n, second, 2*n, marginKB, totalKB)
 	}
-	gaps := canary.check(time.Second)
+	gaps := canary.check(canaryMaxWait)
 	leaks := processBaseline(t, proc, 2, goroutines)
 	record(soakRow{fmt.Sprintf("announced 4 MiB bodies (RSS %+d KB)", second-start), 2 * n, took, leaks, gaps, 2})
 }
@@ -391,7 +391,7 @@ func TestHostile_BigRequestHeadersAreServed(t *testing.T) {
 			}
 		})
 	}
-	gaps := canary.check(500 * time.Millisecond)
+	gaps := canary.check(canaryMaxWait)
 	leaks := expectBaseline(t, srv, 2)
 	record(soakRow{"request headers of 4, 15 and 17 KB", len(tests), time.Since(start), leaks, gaps, 2})
 }
@@ -546,7 +546,7 @@ func TestHostile_HTTP10GetsACloseDelimitedStream(t *testing.T) {
 		}
 	}
 	conn.Close()
-	gaps := canary.check(500 * time.Millisecond)
+	gaps := canary.check(canaryMaxWait)
 	leaks := expectBaseline(t, srv, 2)
 	record(soakRow{"HTTP/1.0 stream", 1, time.Since(start), leaks, gaps, 2})
 }
@@ -701,7 +701,7 @@ func TestHostile_ChurnLogIsBounded(t *testing.T) {
 	if n := srv.logs.count(`msg="client connected"`); n != 0 {
 		t.Errorf("%d connect lines at the default level, want none (debug only)", n)
 	}
-	gaps := canary.check(time.Second)
+	gaps := canary.check(canaryMaxWait)
 	t.Logf("%d connect-and-reset cycles in %s: %d streams, %d lines logged, %d counted in summaries, %d bytes of log",
 		n, took.Round(time.Millisecond), ended, lines, held, len(srv.logs.String()))
 	record(soakRow{fmt.Sprintf("connect-and-reset churn (%d log lines)", lines), n, took, leaks, gaps, 2})

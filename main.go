@@ -112,6 +112,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		go admin.Serve(adminLn)
 		defer admin.Close()
 	}
+	// Ready once the listener is open: the kernel queues connections until Serve takes them.
+	ready.Store(true)
 	logger.Info("listening", "addr", ln.Addr().String(), "admin_addr", adminAddr, "interval", cfg.stream.Interval,
 		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
 		"retry_spread", cfg.stream.RetrySpread, "dead_client_timeout", cfg.deadClientAfter,
@@ -123,7 +125,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	served := make(chan error, 1)
 	go func() { served <- app.Listener(ln) }()
-	ready.Store(true)
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve on %s: %w", ln.Addr(), err)

@@ -261,6 +261,7 @@ func TestFault_StalledReaderIsDroppedAtAnyRate(t *testing.T) {
 	if _, err := io.WriteString(conn, streamRequest); err != nil {
 		t.Fatal(err)
 	}
+	eventually(t, 10*time.Second, "the stalled reader's stream is open", func() bool { return srv.healthClients(t) == 4 })
 	// The client never reads. Its receive queue grows until its window is shut; from
 	// then on the server's data waits in its own send buffer.
 	queued, grewAt := 0, start
@@ -294,7 +295,7 @@ func TestFault_StalledReaderIsDroppedAtAnyRate(t *testing.T) {
 	if took := dropped.Sub(start); took > fill/2 {
 		t.Errorf("dropped after %s, want well before the send buffer could fill (%s)", took, fill)
 	}
-	gaps := canary.check(500 * time.Millisecond)
+	gaps := canary.check(canaryMaxWait)
 	leaks := expectBaseline(t, srv, 3)
 	record(soakRow{fmt.Sprintf("stalled reader at 100ms events: window shut %s, dropped %s later", windowClosed.Round(100*time.Millisecond), afterClose.Round(100*time.Millisecond)),
 		1, time.Since(start), leaks, gaps, 3})
