@@ -26,9 +26,16 @@ import (
 // helperEnv marks a re-executed test binary that runs main instead of the tests.
 const helperEnv = "SSE_DASHBOARD_MAIN"
 
-// TestMain runs the real command when the test binary is re-executed by startProcess, so
-// that signals and exit codes can be tested; otherwise it runs the tests, then prints the
-// soak table when -soak asked for one.
+// TestMain is the one place where the test binary becomes another program. Tests that need
+// a process of their own re-execute it:
+//   - SSE_DASHBOARD_MAIN=1 (startProcess): the real command, main itself, so that signals,
+//     exit codes and process limits are tested as a user meets them; SSE_DASHBOARD_NOFILE
+//     lowers its open-file limit first, and CPUPROFILE profiles it;
+//   - SSE_DASHBOARD_BENCH_SERVER=kind (make bench): one of the comparison servers;
+//   - SSE_DASHBOARD_NETNS_CASE=name, under unshare -n (network_test.go): the ordinary test
+//     run, inside a network namespace of its own, where that test reads the variable.
+//
+// Otherwise it runs the tests, then prints the soak table when -soak asked for one.
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) == "1" {
 		limitOpenFiles(os.Getenv(openFilesEnv))
