@@ -69,12 +69,12 @@ func newMetrics(open func() float64, writeTimeout time.Duration) *metrics {
 		streamLength: registerHistogram(reg, prometheus.HistogramOpts{
 			Name:    "sse_stream_duration_seconds",
 			Help:    "How long event streams lasted, from admission to end.",
-			Buckets: prometheus.ExponentialBucketsRange(1, 86400, 12),
+			Buckets: []float64{1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600},
 		}),
 		writeTime: registerHistogram(reg, prometheus.HistogramOpts{
 			Name:    "sse_write_duration_seconds",
 			Help:    "How long one write to a client took, from the write to its flush.",
-			Buckets: prometheus.ExponentialBucketsRange(1e-6, writeTimeout.Seconds(), 12),
+			Buckets: writeBuckets(writeTimeout),
 		}),
 	}
 	ended := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -96,6 +96,18 @@ func newMetrics(open func() float64, writeTimeout time.Duration) *metrics {
 		m.rejected[r] = rejected.WithLabelValues(string(r))
 	}
 	return m
+}
+
+// writeBuckets returns the bounds of the write duration histogram: powers of ten from a
+// microsecond up to the write timeout, then the write timeout, which no write outlasts.
+func writeBuckets(writeTimeout time.Duration) []float64 {
+	var bounds []float64
+	for _, b := range []float64{1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100, 1000} {
+		if b < writeTimeout.Seconds() {
+			bounds = append(bounds, b)
+		}
+	}
+	return append(bounds, writeTimeout.Seconds())
 }
 
 // registerCounter registers a counter with reg and returns it.
