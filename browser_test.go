@@ -21,7 +21,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -53,31 +52,6 @@ const (
 	consoleMarker = "browser-test-console-flush-"
 )
 
-// chromePath returns the Chromium that the browser tests drive: $CHROME_PATH, else Debian's
-// /usr/bin/chromium, else chromium on $PATH. Without one the test is skipped, loudly, or
-// fails when CI=true, because CI must run these tests.
-func chromePath(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("CHROME_PATH"); p != "" {
-		path, err := exec.LookPath(p)
-		if err != nil {
-			t.Fatalf("CHROME_PATH=%q: %v; unset it or point it at Chromium", p, err)
-		}
-		return path
-	}
-	for _, p := range []string{"/usr/bin/chromium", "chromium"} {
-		if path, err := exec.LookPath(p); err == nil {
-			return path
-		}
-	}
-	const missing = "no Chromium: neither $CHROME_PATH, /usr/bin/chromium nor chromium on $PATH"
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s; CI must run the browser tests (.ci/run installs it with apt-get install chromium)", missing)
-	}
-	t.Skipf("SKIPPING BROWSER TEST: %s. Install it with `apt-get install chromium`, or set CHROME_PATH.", missing)
-	return ""
-}
-
 // browser is one headless Chromium with one tab. It records the tab's console and the URL
 // of every request the tab sends, and when the test ends it fails the test on every
 // console error or uncaught exception (CSP violations among them) that the test did not excuse.
@@ -102,7 +76,7 @@ type consoleExcuse struct {
 // before it, so that the browser is gone before they stop.
 func newBrowser(t *testing.T, flags ...chromedp.ExecAllocatorOption) *browser {
 	t.Helper()
-	execPath := chromePath(t)
+	execPath := requireTool(t, "CHROME_PATH", "chromium", "chromium")
 	ctx, cancelTimeout := context.WithTimeout(context.Background(), browserTestTimeout)
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(execPath),

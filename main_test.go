@@ -350,6 +350,37 @@ func (l *logBuffer) waitFor(t testing.TB, re *regexp.Regexp, within time.Duratio
 	}
 }
 
+// requireTool returns the path of an external program a test needs: $env if env names a
+// variable that is set, else name on $PATH or in /usr/sbin, /sbin or /usr/bin. Without it
+// the test is skipped, loudly, or fails when CI=true, because CI must run every test;
+// .ci/run installs the Debian package pkg.
+func requireTool(t *testing.T, env, name, pkg string) string {
+	t.Helper()
+	if env != "" {
+		if p := os.Getenv(env); p != "" {
+			path, err := exec.LookPath(p)
+			if err != nil {
+				t.Fatalf("%s=%q: %v; unset it or point it at %s", env, p, err, name)
+			}
+			return path
+		}
+	}
+	for _, p := range []string{name, "/usr/sbin/" + name, "/sbin/" + name, "/usr/bin/" + name} {
+		if path, err := exec.LookPath(p); err == nil {
+			return path
+		}
+	}
+	missing := fmt.Sprintf("no %s on $PATH or in /usr/sbin, /sbin, /usr/bin", name)
+	if env != "" {
+		missing += " and no $" + env
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s: CI must run this test (.ci/run installs it with apt-get install %s)", missing, pkg)
+	}
+	t.Skipf("SKIPPING %s: %s. Install it with `apt-get install %s`.", t.Name(), missing, pkg)
+	return ""
+}
+
 // eventually polls cond every 10ms until it holds, failing the test after within.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()

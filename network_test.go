@@ -32,25 +32,6 @@ import (
 // names the ghost-client case to run there.
 const netnsEnv = "SSE_DASHBOARD_NETNS_CASE"
 
-// requireTool returns the path of the external tool name, from the Debian package pkg.
-// Without it the test is skipped, loudly, or fails when CI=true, because CI must run it.
-func requireTool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	if path, err := exec.LookPath(name); err == nil {
-		return path
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin"} {
-		if path, err := exec.LookPath(dir + "/" + name); err == nil {
-			return path
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("no %s: CI must run the network tests (.ci/run installs it with apt-get install %s)", name, pkg)
-	}
-	t.Skipf("SKIPPING NETWORK TEST: no %s. Install it with `apt-get install %s`.", name, pkg)
-	return ""
-}
-
 // ghostCase is one run of the ghost-client scenario: the server's flags, and the dead-client
 // timeout and event interval they amount to, from which the bound follows.
 type ghostCase struct {
@@ -84,9 +65,9 @@ func TestFault_GhostClientIsDropped(t *testing.T) {
 		}
 		t.Fatalf("%s=%q names no ghost case", netnsEnv, name)
 	}
-	unshare := requireTool(t, "unshare", "util-linux")
-	requireTool(t, "ip", "iproute2")
-	requireTool(t, "nft", "nftables")
+	unshare := requireTool(t, "", "unshare", "util-linux")
+	requireTool(t, "", "ip", "iproute2")
+	requireTool(t, "", "nft", "nftables")
 	if out, err := exec.Command(unshare, "-n", "true").CombinedOutput(); err != nil {
 		const why = "cannot create a network namespace (unshare -n needs root or CAP_SYS_ADMIN)"
 		if os.Getenv("CI") == "true" {
@@ -128,7 +109,7 @@ func TestFault_GhostClientIsDropped(t *testing.T) {
 // that runs, then nftables drops every packet to and from the client's port, as when a phone
 // leaves Wi-Fi. The server must drop the stream by its dead-client timeout, and no sooner.
 func ghostClient(t *testing.T, c ghostCase) {
-	if out, err := exec.Command(requireTool(t, "ip", "iproute2"), "link", "set", "lo", "up").CombinedOutput(); err != nil {
+	if out, err := exec.Command(requireTool(t, "", "ip", "iproute2"), "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("ip link set lo up: %v: %s", err, out)
 	}
 	srv := startServer(t, c.args...)
@@ -166,7 +147,7 @@ func ghostClient(t *testing.T, c ghostCase) {
 	}
 }
 `, port, port)
-	nft := exec.Command(requireTool(t, "nft", "nftables"), "-f", "-")
+	nft := exec.Command(requireTool(t, "", "nft", "nftables"), "-f", "-")
 	nft.Stdin = strings.NewReader(rules)
 	if out, err := nft.CombinedOutput(); err != nil {
 		t.Fatalf("nft -f: %v: %s\n%s", err, out, rules)

@@ -38,31 +38,6 @@ import (
 // shippedNginxConfig is the file the tests run, the one users copy.
 const shippedNginxConfig = "deploy/nginx.conf"
 
-// nginxPath returns the nginx the proxy tests run: $NGINX_PATH, else Debian's /usr/sbin/nginx,
-// else nginx on $PATH. Without one the test is skipped, loudly, or fails when CI=true,
-// because CI must run these tests.
-func nginxPath(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("NGINX_PATH"); p != "" {
-		path, err := exec.LookPath(p)
-		if err != nil {
-			t.Fatalf("NGINX_PATH=%q: %v; unset it or point it at nginx", p, err)
-		}
-		return path
-	}
-	for _, p := range []string{"/usr/sbin/nginx", "nginx"} {
-		if path, err := exec.LookPath(p); err == nil {
-			return path
-		}
-	}
-	const missing = "no nginx: neither $NGINX_PATH, /usr/sbin/nginx nor nginx on $PATH"
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s; CI must run the proxy tests (.ci/run installs it with apt-get install nginx)", missing)
-	}
-	t.Skipf("SKIPPING PROXY TEST: %s. Install it with `apt-get install nginx`, or set NGINX_PATH.", missing)
-	return ""
-}
-
 // freeLoopbackPort returns a port on 127.0.0.1 that is free now and lies below the kernel's
 // ephemeral range. No outgoing connection takes such a port as its own, so a replica that
 // stops can always come back on it, and nginx can be told it before it starts.
@@ -175,7 +150,7 @@ type proxy struct {
 // failing the test if nginx logged anything critical.
 func startNginx(t *testing.T, replicas []string, edits ...nginxEdit) *proxy {
 	t.Helper()
-	bin := nginxPath(t)
+	bin := requireTool(t, "NGINX_PATH", "nginx", "nginx")
 	if len(replicas) == 1 {
 		replicas = []string{replicas[0], replicas[0]}
 	}
