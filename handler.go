@@ -161,10 +161,8 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	rc := http.NewResponseController(w)
 	if !r.ProtoAtLeast(1, 1) {
-		// HTTP/1.0 has no chunked framing, which is the only one fasthttp gives a stream.
-		cd, err := hijackCloseDelimited(rc, header)
-		if err != nil {
-			h.logger.Warn("HTTP/1.0 stream not opened", "client", client.name, "error", err.Error())
+		cd := h.closeDelimited(rc, header, client.name)
+		if cd == nil {
 			return
 		}
 		defer cd.Close()
@@ -193,18 +191,41 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	start := time.Now()
 	reason, err := s.run(h.opening, client.events, r.Context().Done())
-	lasted := time.Since(start)
+	h.ended(&s, reason, err, time.Since(start))
+}
+
+// closeDelimited takes over an HTTP/1.0 client's connection, which has no chunked framing
+// (the only one fasthttp gives a stream), and returns the writer of a close-delimited
+// stream on it, or nil if it cannot. It is a function of its own so that ServeHTTP's stack
+// frame, which every open stream keeps, stays small.
+//
+//go:noinline
+func (h *sseHandler) closeDelimited(rc *http.ResponseController, header http.Header, client string) *closeDelimited {
+	cd, err := hijackCloseDelimited(rc, header)
+	if err != nil {
+		h.logger.Warn("HTTP/1.0 stream not opened", "client", client, "error", err.Error())
+		return nil
+	}
+	return cd
+}
+
+// ended counts and logs, within the log rate, why the stream s ended and how long it lasted.
+// It is a function of its own for the same reason as closeDelimited.
+//
+//go:noinline
+func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.Duration) {
 	h.metrics.ended[reason].Inc()
 	h.metrics.streamLength.Observe(lasted.Seconds())
-	attrs := []any{"client", client.name, "duration", lasted.Round(time.Millisecond),
+	if !h.endLog.allow(string(reason)) {
+		return
+	}
+	attrs := []any{"client", s.name, "duration", lasted.Round(time.Millisecond),
 		"events", s.sent, "last_id", s.lastID, "reason", string(reason)}
 	// A client that leaves is ordinary: what the write said about it would only mislead.
 	if err != nil && reason != endClientGone {
 		attrs = append(attrs, "error", err.Error())
 	}
-	if h.endLog.allow(string(reason)) {
-		h.logger.Info("client disconnected", attrs...)
-	}
+	h.logger.Info("client disconnected", attrs...)
 }
 
 // refuse answers a request over MaxClients. A browser's EventSource fails for good on any
