@@ -29,6 +29,8 @@ type config struct {
 	logFormat       string // text or json
 	version         bool   // print the version and exit
 	pageSources     string // comma-separated origins besides its own whose streams the page may show
+	publishToken    string // bearer token POST /publish needs; required when the admin listener is not loopback
+	demoTopic       string // topic a producer publishes random DashBoards to every interval; empty = none
 	stream          streamConfig
 }
 
@@ -66,6 +68,12 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&cfg.version, "version", false, "print the version and exit")
 	fs.StringVar(&cfg.pageSources, "page-sources", "", "comma-separated origins (https://a.example,http://127.0.0.1:8081) whose streams the page's ?src= may show, besides its own")
+	fs.IntVar(&cfg.stream.History.count, "history", 10000, "topic events kept for clients that resume with Last-Event-ID (0 = none)")
+	fs.DurationVar(&cfg.stream.History.age, "history-age", 5*time.Minute, "longest a topic event is kept for clients that resume")
+	fs.IntVar(&cfg.stream.History.bytes, "history-bytes", 64<<20, "most bytes of framed topic events kept for clients that resume")
+	fs.IntVar(&cfg.stream.SubscriberQueue, "subscriber-queue", 256, "topic events queued for one stream; a stream that falls this far behind is ended and resumes from history")
+	fs.StringVar(&cfg.publishToken, "publish-token", "", "bearer token that POST /publish needs (required when -admin-addr is not a loopback address)")
+	fs.StringVar(&cfg.demoTopic, "demo-topic", "", "publish a random DashBoard to this topic every -interval, so every page on ?topic= shows the same numbers (empty = off)")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -157,6 +165,21 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -shutdown-delay %s: must be 0 or more", cfg.shutdownDelay)
 	case cfg.logFormat != "text" && cfg.logFormat != "json":
 		return fmt.Errorf("invalid -log-format %q: must be text or json", cfg.logFormat)
+	case cfg.stream.History.count < 0:
+		return fmt.Errorf("invalid -history %d: must be 0 (keep none) or more", cfg.stream.History.count)
+	case cfg.stream.History.bytes < 0:
+		return fmt.Errorf("invalid -history-bytes %d: must be 0 (keep none) or more", cfg.stream.History.bytes)
+	case cfg.stream.History.age <= 0:
+		return fmt.Errorf("invalid -history-age %s: must be more than 0", cfg.stream.History.age)
+	case cfg.stream.SubscriberQueue < 1:
+		return fmt.Errorf("invalid -subscriber-queue %d: must be at least 1", cfg.stream.SubscriberQueue)
+	case cfg.adminAddr != "" && !isLoopback(cfg.adminAddr) && cfg.publishToken == "":
+		return fmt.Errorf("-admin-addr %s is not a loopback address: set -publish-token (PUBLISH_TOKEN) so that only your application can publish", cfg.adminAddr)
+	}
+	if cfg.demoTopic != "" {
+		if err := checkTopic(cfg.demoTopic); err != nil {
+			return fmt.Errorf("invalid -demo-topic %q: %w", cfg.demoTopic, err)
+		}
 	}
 	for _, origin := range pageOrigins(cfg.pageSources) {
 		if err := checkOrigin(origin); err != nil {

@@ -90,6 +90,14 @@ func TestConfig_RefusesBadValues(t *testing.T) {
 		{"tiny header limit", []string{"-max-header-bytes", "512"}, nil, "-max-header-bytes"},
 		{"negative fd margin", []string{"-fd-margin", "-1"}, nil, "-fd-margin"},
 		{"negative log rate", nil, map[string]string{"LOG_RATE": "-5"}, "-log-rate"},
+		{"negative history", []string{"-history", "-1"}, nil, "-history"},
+		{"zero history age", []string{"-history-age", "0s"}, nil, "-history-age"},
+		{"negative history bytes", []string{"-history-bytes", "-1"}, nil, "-history-bytes"},
+		{"zero subscriber queue", []string{"-subscriber-queue", "0"}, nil, "-subscriber-queue"},
+		{"bad demo topic", []string{"-demo-topic", "a b"}, nil, "-demo-topic"},
+		{"admin on every interface without a publish token", []string{"-admin-addr", ":3001"}, nil, "-publish-token"},
+		{"admin on a public address without a publish token", []string{"-admin-addr", "192.0.2.1:3001"}, nil, "-publish-token"},
+		{"admin on a host name without a publish token", nil, map[string]string{"ADMIN_ADDR": "admin.example:3001"}, "PUBLISH_TOKEN"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,7 +127,8 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 				idleTimeout: time.Minute, shutdownTimeout: 5 * time.Second, deadClientAfter: 30 * time.Second,
 				bodyLimit: 4 << 10, maxHeaderBytes: 16 << 10, fdMargin: 64,
 				stream: streamConfig{Interval: time.Second, Keepalive: 15 * time.Second, Retry: 3 * time.Second,
-					RetrySpread: 3 * time.Second, WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000, LogRate: 50},
+					RetrySpread: 3 * time.Second, WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000, LogRate: 50,
+					History: historyLimits{count: 10000, age: 5 * time.Minute, bytes: 64 << 20}, SubscriberQueue: 256},
 			}
 		}},
 		{"bad env under a flag is not read", []string{"-interval", "2s"}, map[string]string{"INTERVAL": "soon"}, func(c config) bool {
@@ -135,6 +144,10 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 		{"PAGE_SOURCES", nil, map[string]string{"PAGE_SOURCES": "https://a.example, http://127.0.0.1:8081,http://[::1]:8082"}, func(c config) bool {
 			return slices.Equal(pageOrigins(c.pageSources), []string{"https://a.example", "http://127.0.0.1:8081", "http://[::1]:8082"})
 		}},
+		{"publish token on a public admin address", []string{"-admin-addr", ":3001"}, map[string]string{"PUBLISH_TOKEN": "s3cret"}, func(c config) bool {
+			return c.publishToken == "s3cret"
+		}},
+		{"admin on loopback needs no token", []string{"-admin-addr", "[::1]:3001"}, nil, func(c config) bool { return c.publishToken == "" }},
 		{"limits", nil, map[string]string{"BODY_LIMIT": "1", "MAX_HEADER_BYTES": "8192", "FD_MARGIN": "0", "LOG_RATE": "0"}, func(c config) bool {
 			return c.bodyLimit == 1 && c.maxHeaderBytes == 8192 && c.fdMargin == 0 && c.stream.LogRate == 0
 		}},

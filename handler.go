@@ -24,6 +24,9 @@ type streamConfig struct {
 	Buffer       int           // events a client's channel holds
 	MaxClients   int           // open streams allowed at once
 	LogRate      int           // stream-end lines logged per second at most; 0 means every one
+
+	History         historyLimits // what the topic hub keeps for clients that resume
+	SubscriberQueue int           // topic events queued for a subscriber before it counts as too slow
 }
 
 // shutdown is the SSE handler's own done signal. It works the same under any server: the
@@ -60,6 +63,7 @@ type sseHandler struct {
 	logger  *slog.Logger
 	metrics *metrics
 	opening []byte       // the first bytes of every stream: the retry delay and a comment
+	hub     *hub         // the topics' subscribers and history
 	endLog  *logLimit    // bounds the lines that say why a stream ended
 	open    atomic.Int64 // streams open now, for MaxClients, /healthz and the metrics
 	stop    shutdown
@@ -81,6 +85,8 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 		writers: make(map[*http.ResponseController]struct{}),
 	}
 	h.metrics = newMetrics(func() float64 { return float64(h.open.Load()) }, cfg.WriteTimeout)
+	h.hub = newHub(cfg.History, cfg.SubscriberQueue, newHubMetrics(h.metrics.registry))
+	h.hub.registerGauges(h.metrics.registry)
 	return h
 }
 
@@ -132,6 +138,17 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "406 not acceptable: /sse only serves text/event-stream", http.StatusNotAcceptable)
 		return
 	}
+	var topics []string
+	if r.URL.RawQuery != "" {
+		if names, ok := r.URL.Query()["topic"]; ok {
+			var err error
+			if topics, err = parseTopics(names); err != nil {
+				h.metrics.rejected[rejectBadRequest].Inc()
+				http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
+	}
 	if r.Method == http.MethodHead {
 		setStreamHeaders(header)
 		w.WriteHeader(http.StatusOK)
@@ -149,6 +166,10 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	setStreamHeaders(header)
 
 	h.metrics.opened.Inc()
+	if topics != nil {
+		h.serveTopics(w, r, topics)
+		return
+	}
 	client := newClient(r.RemoteAddr, h.cfg.Buffer)
 	lastID, resumed := resumeID(r)
 	h.logger.Debug("client connected", "client", client.name, "last_event_id", lastID, "resumed", resumed)
@@ -181,17 +202,67 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.logger.Enabled(ctx, slog.LevelDebug) {
 		s.logger = h.logger
 	}
-	h.mu.Lock()
-	h.writers[s.rc] = struct{}{}
-	h.mu.Unlock()
-	defer func() {
-		h.mu.Lock()
-		delete(h.writers, s.rc)
-		h.mu.Unlock()
-	}()
+	h.track(s.rc)
+	defer h.untrack(s.rc)
 	start := time.Now()
 	reason, err := s.run(h.opening, client.events, r.Context().Done())
 	h.ended(&s, reason, err, time.Since(start))
+}
+
+// serveTopics streams the events of topics from the hub: first those after the client's
+// Last-Event-ID, or a reset event if the hub cannot resume there, then live ones, until the
+// client goes, the server shuts down, the stream reaches MaxLifetime or falls too far behind.
+// Topic streams have no producer: they wait on their subscription.
+//
+//go:noinline
+func (h *sseHandler) serveTopics(w http.ResponseWriter, r *http.Request, topics []string) {
+	lastID, hasLastID := lastEventID(r)
+	name := strings.Clone(r.RemoteAddr)
+	rc := http.NewResponseController(w)
+	if !r.ProtoAtLeast(1, 1) {
+		cd := h.closeDelimited(rc, w.Header(), name)
+		if cd == nil {
+			return
+		}
+		defer cd.Close()
+		w, rc = cd, http.NewResponseController(cd)
+	}
+	// A subscriber dropped while its client holds a write up gets that write cut at once.
+	cut := func() { _ = rc.SetWriteDeadline(time.Now()) }
+	sub := h.hub.Subscribe(topics, lastID, hasLastID, cut)
+	defer h.hub.Unsubscribe(sub.sub)
+	h.logger.Debug("client subscribed", "client", name, "topics", topics, "last_event_id", lastID, "reset", string(sub.reset))
+	s := stream{
+		w:           w,
+		rc:          rc,
+		cfg:         &h.cfg,
+		stop:        &h.stop,
+		m:           h.metrics,
+		name:        name,
+		topicEvents: sub.sub.queue,
+		dropped:     &sub.sub.dropped,
+		replay:      sub.replay,
+		hubMetrics:  h.hub.metrics,
+	}
+	h.track(s.rc)
+	defer h.untrack(s.rc)
+	start := time.Now()
+	reason, err := s.run(h.topicOpening(sub), nil, r.Context().Done())
+	h.ended(&s, reason, err, time.Since(start))
+}
+
+// topicOpening returns the first bytes of a topic stream: the retry delay, then the id the
+// stream stands at, so that a client cut off before any event resumes from there, and a
+// reset event first if the hub could not resume where the client asked.
+func (h *sseHandler) topicOpening(sub subscription) []byte {
+	opening := appendRetry(nil, h.cfg.Retry, "stream opened")
+	if sub.reset == "" {
+		opening = append(opening[:len(opening)-1], "id: "...)
+		opening = append(opening, sub.position...)
+		return append(opening, "\n\n"...)
+	}
+	data := `{"reason":"` + string(sub.reset) + `"}`
+	return appendNamedEvent(opening, []byte(sub.position), "reset", []byte(data))
 }
 
 // closeDelimited takes over an HTTP/1.0 client's connection, which has no chunked framing
@@ -226,6 +297,20 @@ func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.D
 		attrs = append(attrs, "error", err.Error())
 	}
 	h.logger.Info("client disconnected", attrs...)
+}
+
+// track adds an open stream's writer to those that Shutdown bounds.
+func (h *sseHandler) track(rc *http.ResponseController) {
+	h.mu.Lock()
+	h.writers[rc] = struct{}{}
+	h.mu.Unlock()
+}
+
+// untrack removes a stream's writer once the stream has ended.
+func (h *sseHandler) untrack(rc *http.ResponseController) {
+	h.mu.Lock()
+	delete(h.writers, rc)
+	h.mu.Unlock()
 }
 
 // refuse answers a request over MaxClients. A browser's EventSource fails for good on any

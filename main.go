@@ -101,7 +101,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			logger.Warn("-dead-client-timeout does not work on this system: a client that vanishes without closing its connection stays counted until the kernel gives up (about 15 minutes)", "error", err)
 		}
 	}
-	admin := &http.Server{Handler: adminHandler(streams.metrics), ReadHeaderTimeout: cfg.readTimeout}
+	admin := &http.Server{Handler: adminHandler(streams.metrics, handlePublish(streams.hub, cfg.publishToken)), ReadHeaderTimeout: cfg.readTimeout}
 	adminAddr := ""
 	if cfg.adminAddr != "" {
 		adminLn, err := net.Listen("tcp", cfg.adminAddr)
@@ -123,6 +123,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		"body_limit", cfg.bodyLimit, "max_header_bytes", cfg.maxHeaderBytes, "fd_margin", cfg.fdMargin,
 		"log_rate", cfg.stream.LogRate, "verbose", cfg.verbose)
 
+	if cfg.demoTopic != "" {
+		demoCtx, stopDemo := context.WithCancel(ctx)
+		defer stopDemo()
+		go publishDemo(demoCtx, streams.hub, cfg.demoTopic, cfg.stream.Interval)
+	}
 	served := make(chan error, 1)
 	go func() { served <- app.Listener(ln) }()
 	select {

@@ -83,7 +83,7 @@ func newMetrics(open func() float64, writeTimeout time.Duration) *metrics {
 	}, []string{"reason"})
 	reg.MustRegister(ended)
 	m.ended = make(map[endReason]prometheus.Counter)
-	for _, r := range []endReason{endClientGone, endWriteTimeout, endShutdown, endMaxLifetime} {
+	for _, r := range []endReason{endClientGone, endWriteTimeout, endShutdown, endMaxLifetime, endTooSlow} {
 		m.ended[r] = ended.WithLabelValues(string(r))
 	}
 	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -124,10 +124,11 @@ func registerHistogram(reg *prometheus.Registry, opts prometheus.HistogramOpts) 
 	return h
 }
 
-// adminHandler serves the operators' routes: metrics in the Prometheus text format, the
-// profiler and expvar. It belongs on a listener of its own that the public cannot reach.
-func adminHandler(m *metrics) http.Handler {
+// adminHandler serves the operators' routes: POST /publish, metrics in the Prometheus text
+// format, the profiler and expvar. It belongs on a listener of its own that the public cannot reach.
+func adminHandler(m *metrics, publish http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("POST /publish", publish)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry}))
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)

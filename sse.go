@@ -23,6 +23,27 @@ func appendEvent(dst []byte, id uint64, data []byte) []byte {
 	dst = append(dst, "id: "...)
 	dst = strconv.AppendUint(dst, id, 10)
 	dst = append(dst, '\n')
+	return appendData(dst, data)
+}
+
+// appendNamedEvent appends one SSE event with the given id, type and data to dst: no
+// event: line when event is empty, so that onmessage receives it. id and event must be one
+// line each; data is split into lines as appendEvent does.
+func appendNamedEvent(dst, id []byte, event string, data []byte) []byte {
+	dst = append(dst, "id: "...)
+	dst = append(dst, id...)
+	dst = append(dst, '\n')
+	if event != "" {
+		dst = append(dst, "event: "...)
+		dst = append(dst, event...)
+		dst = append(dst, '\n')
+	}
+	return appendData(dst, data)
+}
+
+// appendData appends data as data: lines and the blank line that ends the event. Every line
+// break (CRLF, CR or LF) starts a new line, which a client joins back with LF.
+func appendData(dst, data []byte) []byte {
 	for {
 		i := bytes.IndexAny(data, "\r\n")
 		if i < 0 {
@@ -76,6 +97,19 @@ func resumeID(r *http.Request) (id uint64, ok bool) {
 		return 0, false
 	}
 	return parseLastEventID(r.URL.Query().Get("lastEventID"))
+}
+
+// lastEventID returns the id a reconnecting client of a topic stream last saw, as it sent
+// it: the Last-Event-ID header, or else the lastEventID query parameter. The copy outlives
+// the request's buffers.
+func lastEventID(r *http.Request) (string, bool) {
+	if value := r.Header.Get("Last-Event-ID"); value != "" {
+		return strings.Clone(value), true
+	}
+	if values, ok := r.URL.Query()["lastEventID"]; ok && values[0] != "" {
+		return strings.Clone(values[0]), true
+	}
+	return "", false
 }
 
 // namesEventStream reports whether a request's Accept headers name text/event-stream itself,

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,6 +22,7 @@ const (
 	endWriteTimeout endReason = "write_timeout" // a write outlasted -write-timeout: the client stopped reading
 	endShutdown     endReason = "shutdown"      // the server is shutting down
 	endMaxLifetime  endReason = "max_lifetime"  // the stream reached -max-lifetime
+	endTooSlow      endReason = "too_slow"      // a topic stream fell a whole queue behind its topics
 )
 
 // stream is the writing side of one client's connection: reused buffers, the next id, and
@@ -33,6 +35,14 @@ type stream struct {
 	m      *metrics
 	name   string       // the client, for the per-event log line
 	logger *slog.Logger // set only when every event is logged
+
+	// A topic stream's: what the hub sends it (nil on a random stream, where events come
+	// from its producer), what it replays first, and the hub's counters.
+	topicEvents <-chan *hubEvent
+	replay      []*hubEvent
+	hubMetrics  *hubMetrics
+	queuedSeq   uint64       // sequence number of the last topic event in buf
+	dropped     *atomic.Bool // set once the hub has dropped the subscription
 
 	keepalive *time.Timer
 	lastWrite time.Time
@@ -59,6 +69,9 @@ func (s *stream) run(opening []byte, events <-chan DashBoard, requestDone <-chan
 	if err := s.write(opening); err != nil {
 		return s.whyWriteFailed(), err
 	}
+	if err := s.writeReplay(); err != nil {
+		return s.whyWriteFailed(), err
+	}
 	s.keepalive = time.NewTimer(s.cfg.Keepalive)
 	defer s.keepalive.Stop()
 	var lifetime <-chan time.Time
@@ -76,6 +89,23 @@ func (s *stream) run(opening []byte, events <-chan DashBoard, requestDone <-chan
 				s.queue(<-events)
 			}
 			if err := s.flushEvents(); err != nil {
+				return s.whyWriteFailed(), err
+			}
+		case ev, ok := <-s.topicEvents:
+			if !ok {
+				s.sayTooSlow()
+				return endTooSlow, nil
+			}
+			s.queueTopicEvent(ev)
+			// Events that queued up while the last write was under way go out in the same
+			// write; a queue closed meanwhile ends the stream on the next turn.
+			for n := len(s.topicEvents); n > 0; n-- {
+				if ev, ok = <-s.topicEvents; !ok {
+					break
+				}
+				s.queueTopicEvent(ev)
+			}
+			if err := s.flushTopicEvents(false); err != nil {
 				return s.whyWriteFailed(), err
 			}
 		case <-s.keepalive.C:
@@ -114,6 +144,62 @@ func (s *stream) sayGoodbye() {
 	s.buf = s.buf[:0]
 }
 
+// sayTooSlow tells a topic stream's client that the hub has dropped its subscription to
+// reconnect after a spread delay, and resume from history with its Last-Event-ID.
+func (s *stream) sayTooSlow() {
+	s.buf = appendRetry(s.buf[:0], s.cfg.spreadRetry(), "too far behind: reconnect to resume")
+	_ = s.write(s.buf)
+	s.buf = s.buf[:0]
+}
+
+// maxReplayWrite is how many bytes of replayed events go out in one write: enough to
+// amortise the flush, small enough that a long replay does not hold a huge buffer.
+const maxReplayWrite = 32 << 10
+
+// writeReplay writes the events a resuming topic stream missed, oldest first, in writes of
+// up to maxReplayWrite bytes.
+func (s *stream) writeReplay() error {
+	for i, ev := range s.replay {
+		if len(s.buf) > 0 && len(s.buf)+len(ev.frame) > maxReplayWrite {
+			if err := s.flushTopicEvents(true); err != nil {
+				return err
+			}
+		}
+		s.queueTopicEvent(ev)
+		s.replay[i] = nil // written events need not stay in memory for the stream's life
+	}
+	s.replay = nil
+	if len(s.buf) == 0 {
+		return nil
+	}
+	return s.flushTopicEvents(true)
+}
+
+// queueTopicEvent adds a topic event's frame, framed once by the hub, to the stream's buffer.
+func (s *stream) queueTopicEvent(ev *hubEvent) {
+	s.buf = append(s.buf, ev.frame...)
+	s.queuedSeq = ev.seq
+	s.pending++
+}
+
+// flushTopicEvents writes the buffered topic events in one write and counts them as
+// delivered, and as replayed if they came from history.
+func (s *stream) flushTopicEvents(replayed bool) error {
+	err := s.write(s.buf)
+	s.buf = s.buf[:0]
+	if err != nil {
+		return err
+	}
+	s.sent += s.pending
+	s.lastID = s.queuedSeq
+	s.hubMetrics.delivered.Add(float64(s.pending))
+	if replayed {
+		s.hubMetrics.replayed.Add(float64(s.pending))
+	}
+	s.pending = 0
+	return nil
+}
+
 // whyWriteFailed tells why a write failed. Under the adaptor every failure is the same
 // closed pipe, so the reason comes from the shutdown state and the time the write took. A
 // client dropped by -dead-client-timeout counts as gone: the kernel's ETIMEDOUT reaches
@@ -122,6 +208,8 @@ func (s *stream) whyWriteFailed() endReason {
 	switch {
 	case s.stop.started():
 		return endShutdown
+	case s.dropped != nil && s.dropped.Load():
+		return endTooSlow
 	case time.Since(s.lastWrite) >= s.cfg.WriteTimeout:
 		return endWriteTimeout
 	default:

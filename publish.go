@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+)
+
+// maxPublishBody is the largest body POST /publish reads: the JSON of one event.
+const maxPublishBody = 64 << 10
+
+// maxEventName is the longest event type a publisher may name, in bytes.
+const maxEventName = 64
+
+// reservedEvents are the event types a publisher may not use: reset is the hub's own word to
+// a client whose history is gone, and open and error are events an EventSource fires by
+// itself, so an event of that name would reach the page's connection handlers.
+var reservedEvents = []string{"reset", "open", "error", "auth-expired"}
+
+// publishRequest is the body of POST /publish: {"topic":"orders/42","data":...,"event":"shipped"}.
+type publishRequest struct {
+	Topic string          `json:"topic"`
+	Data  json.RawMessage `json:"data"`
+	Event string          `json:"event"`
+}
+
+// publishAnswer is the answer to a publish: the SSE id the event got.
+type publishAnswer struct {
+	ID string `json:"id"`
+}
+
+// handlePublish serves POST /publish on the admin listener: it checks the body, publishes
+// the event to h and answers with its id. With a token, the request must carry it as
+// "Authorization: Bearer <token>", compared in constant time.
+func handlePublish(h *hub, token string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token != "" && !hasBearer(r.Header.Get("Authorization"), token) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="publish"`)
+			http.Error(w, "401 unauthorized: publishing needs the -publish-token as Authorization: Bearer", http.StatusUnauthorized)
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPublishBody))
+		if err != nil {
+			if errors.As(err, new(*http.MaxBytesError)) {
+				http.Error(w, fmt.Sprintf("413 content too large: a publish body is at most %d bytes", maxPublishBody), http.StatusRequestEntityTooLarge)
+				return
+			}
+			http.Error(w, "400 bad request: reading the body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		topic, event, data, err := parsePublish(body)
+		if err != nil {
+			http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		answer, _ := json.Marshal(publishAnswer{ID: h.Publish(topic, event, data)})
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(append(answer, '\n'))
+	})
+}
+
+// hasBearer reports whether an Authorization header carries token as a bearer token,
+// comparing in constant time so that the answer's timing tells nothing of the token.
+func hasBearer(authorization, token string) bool {
+	scheme, value, ok := strings.Cut(authorization, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(value)), []byte(token)) == 1
+}
+
+// parsePublish checks a publish body and returns its topic, event type and the data to
+// send: a JSON string as it is, any other JSON value as compact JSON. Each error says which
+// rule the body broke.
+func parsePublish(body []byte) (topic, event string, data []byte, err error) {
+	if !utf8.Valid(body) {
+		return "", "", nil, errors.New("the body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var req publishRequest
+	if err := dec.Decode(&req); err != nil {
+		return "", "", nil, fmt.Errorf(`the body is not a JSON object {"topic","data","event"}: %w`, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return "", "", nil, errors.New("the body holds more than one JSON value")
+	}
+	if err := checkTopic(req.Topic); err != nil {
+		return "", "", nil, fmt.Errorf("topic: %w", err)
+	}
+	if err := checkEventName(req.Event); err != nil {
+		return "", "", nil, fmt.Errorf("event: %w", err)
+	}
+	if req.Data == nil {
+		return "", "", nil, errors.New(`data is missing: give any JSON value, "data":null included`)
+	}
+	if req.Data[0] == '"' {
+		var text string
+		if err := json.Unmarshal(req.Data, &text); err != nil {
+			return "", "", nil, fmt.Errorf("data: %w", err)
+		}
+		return req.Topic, req.Event, []byte(text), nil
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, req.Data); err != nil {
+		return "", "", nil, fmt.Errorf("data: %w", err)
+	}
+	return req.Topic, req.Event, compact.Bytes(), nil
+}
+
+// checkEventName says which rule an event type breaks, or returns nil: empty (a message),
+// or up to maxEventName bytes of the topic alphabet, and none of the reserved names.
+func checkEventName(name string) error {
+	if name == "" {
+		return nil
+	}
+	if len(name) > maxEventName {
+		return fmt.Errorf("an event type is %d bytes long, over %d", len(name), maxEventName)
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !isAlphanumeric(c) && strings.IndexByte(topicAlphabet, c) < 0 {
+			return fmt.Errorf("an event type holds %q at byte %d: only A-Z a-z 0-9 and %s are allowed", c, i, topicAlphabet)
+		}
+	}
+	for _, reserved := range reservedEvents {
+		if name == reserved {
+			return fmt.Errorf("%q is reserved: EventSource or this server sends events of that type", name)
+		}
+	}
+	return nil
+}
+
+// isLoopback reports whether addr, a listen address such as 127.0.0.1:3001, can be reached
+// from this machine only. A host name other than localhost, or an empty host (every
+// interface), is not.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
