@@ -527,3 +527,53 @@ func skipShort(t *testing.T, needs string) {
 		t.Skipf("needs %s: skipped under -short", needs)
 	}
 }
+
+func TestPage_TopicChartHasEveryValueAcrossCuts(t *testing.T) {
+	// The server ends every stream after about a second; the browser's own EventSource comes
+	// back after 300ms with its Last-Event-ID, and the values published meanwhile arrive
+	// from history.
+	srv := startServer(t, "-max-lifetime", "1s", "-retry", "300ms", "-retry-spread", "0")
+	b := newBrowser(t)
+	b.navigate(t, srv.url+"/?topic=chart")
+	b.waitForDashboard(t, "the topic stream open", `d.state === "open"`)
+	eventually(t, 5*time.Second, "the page subscribed", func() bool { return metric(t, srv.adminURL, "sse_hub_subscribers") == 1 })
+
+	var want []string
+	for i := range 40 {
+		value := 10 + 20*i
+		publishEvent(t, srv.adminURL, "chart", "", map[string]int{"User": value})
+		want = append(want, strconv.Itoa(value))
+		time.Sleep(100 * time.Millisecond)
+	}
+	joined := strings.Join(want, " ")
+	b.waitFor(t, pageWait, "every published value in the chart", `document.getElementById("chart").dataset.values === `+strconv.Quote(joined))
+	d := b.readDashboard(t)
+	if d.Reconnects < 2 || d.Events != len(want) {
+		t.Errorf("the page saw %d reconnects and %d events, want at least 2 cuts and exactly %d events", d.Reconnects, d.Events, len(want))
+	}
+	if replayed := metric(t, srv.adminURL, "sse_hub_replayed_total"); replayed == 0 {
+		t.Errorf("sse_hub_replayed_total = 0: no value came from history, so the cuts tested nothing")
+	}
+}
+
+func TestPage_TopicResetClearsTheChartAndSaysSo(t *testing.T) {
+	srv := startServer(t, "-history", "2", "-retry", "2s", "-retry-spread", "0", "-max-lifetime", "1s")
+	b := newBrowser(t)
+	b.navigate(t, srv.url+"/?topic=chart")
+	b.waitForDashboard(t, "the topic stream open", `d.state === "open"`)
+	eventually(t, 5*time.Second, "the page subscribed", func() bool { return metric(t, srv.adminURL, "sse_hub_subscribers") == 1 })
+	publishEvent(t, srv.adminURL, "chart", "", map[string]int{"User": 1})
+	b.waitForDashboard(t, "the first value", `d.points === 1`)
+	// The stream ends within a second; while the page waits 2s to come back, more events are
+	// published than the history keeps.
+	eventually(t, 5*time.Second, "the stream cut", func() bool { return metric(t, srv.adminURL, "sse_hub_subscribers") == 0 })
+	for i := range 5 {
+		publishEvent(t, srv.adminURL, "chart", "", map[string]int{"User": 100 + i})
+	}
+	d := b.waitForDashboard(t, "the reset shown", `d.srcNote === "Missed events are gone; chart restarted"`)
+	if d.Points != 0 {
+		t.Errorf("after reset the chart has %d points, want 0", d.Points)
+	}
+	publishEvent(t, srv.adminURL, "chart", "", map[string]int{"User": 500})
+	b.waitForDashboard(t, "the live value after the reset", `d.points === 1 && d.value === "500"`)
+}

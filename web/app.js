@@ -38,6 +38,7 @@ const ui = {
 
 const stream = {
   url: null,          // the stream's URL, without a resume parameter
+  topics: false,      // a topic stream, whose reconnects replay what was missed
   source: null,       // the current EventSource, if any
   state: "",          // connecting | open | reconnecting | refused
   opened: false,      // some EventSource of this page has been open
@@ -71,8 +72,14 @@ function allowedOrigins() {
 // is kept), or ?src= if it names this origin or one the server allows. A refused ?src=
 // comes back with the reason and is never requested.
 function chooseStream() {
-  const param = new URLSearchParams(location.search).get("src");
-  if (!param) return { url: new URL("sse", location.href) };
+  const params = new URLSearchParams(location.search);
+  const param = params.get("src");
+  if (!param) {
+    // ?topic= reads the server's topics instead of a random stream of its own.
+    const url = new URL("sse", location.href);
+    for (const topic of params.getAll("topic")) url.searchParams.append("topic", topic);
+    return { url };
+  }
   let url;
   try {
     url = new URL(param, location.href);
@@ -142,6 +149,7 @@ function connect() {
   es.onopen = onOpen;
   es.onmessage = onMessage;
   es.onerror = onError;
+  es.addEventListener("reset", onReset);
   stream.source = es;
 }
 
@@ -183,6 +191,19 @@ function onMessage(event) {
   tick();
 }
 
+// onReset runs when the server could not resume a topic stream where the page left off
+// (its history no longer holds the events since): what the chart shows has a hole, so it
+// starts again, and the page says why.
+function onReset(event) {
+  if (event.target !== stream.source) return;
+  stream.lastId = event.lastEventId;
+  points.length = 0;
+  pace.resumed = false;
+  draw();
+  ui.chart.dataset.values = "";
+  setProblem("Missed events are gone; chart restarted");
+}
+
 // onError runs when the stream drops or cannot be opened. While the EventSource is
 // CONNECTING the browser retries by itself, after the server's retry: delay. CLOSED means
 // it gave up for good (an answer other than a 200 event stream): only then does the page
@@ -191,7 +212,8 @@ function onError(event) {
   const es = event.target;
   if (es !== stream.source) return;
   if (stream.state === "open") {
-    pace.resumed = true;
+    // A topic stream's reconnect replays what was missed, so its line goes on unbroken.
+    pace.resumed = !stream.topics;
     stream.reconnects += 1;
     stream.lastLostAt = Date.now();
     ui.reconnects.textContent = String(stream.reconnects);
@@ -397,6 +419,7 @@ function draw() {
   ui.chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
   ui.chart.replaceChildren(...parts);
   ui.chart.dataset.points = String(shown.length);
+  ui.chart.dataset.values = points.map((p) => p.v).join(" ");
   describeChart();
 }
 
@@ -447,6 +470,7 @@ function main() {
     return;
   }
   stream.url = choice.url;
+  stream.topics = choice.url.searchParams.has("topic");
   ui.src.textContent = choice.url.href;
   fillTryIt(choice.url.href);
   setProblem("");
