@@ -10,6 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -576,4 +579,115 @@ func TestPage_TopicResetClearsTheChartAndSaysSo(t *testing.T) {
 	}
 	publishEvent(t, srv.adminURL, "chart", "", map[string]int{"User": 500})
 	b.waitForDashboard(t, "the live value after the reset", `d.points === 1 && d.value === "500"`)
+}
+
+func TestEventSourcePackage_ResumesTopicsWithoutLoss(t *testing.T) {
+	skipShort(t, "node and the npm eventsource package")
+	node := requireTool(t, "", "node", "nodejs")
+	npm := requireTool(t, "", "npm", "npm")
+	dir := t.TempDir()
+	for _, name := range []string{"package.json", "package-lock.json", "client.mjs"} {
+		body, err := os.ReadFile(filepath.Join("testdata", "eventsource", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install := exec.Command(npm, "ci", "--no-audit", "--no-fund", "--loglevel=error")
+	install.Dir = dir
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
+	}
+
+	srv := startServer(t, "-max-lifetime", "1s", "-retry", "300ms", "-retry-spread", "0")
+	const events = 30
+	client := exec.Command(node, "client.mjs", topicURL(srv.url, "orders/1", "orders/2"), strconv.Itoa(events))
+	client.Dir = dir
+	out := newLogBuffer()
+	client.Stdout, client.Stderr = out, out
+	if err := client.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- client.Wait() }()
+	t.Cleanup(func() { client.Process.Kill() })
+	eventually(t, 10*time.Second, "the client subscribed", func() bool { return metric(t, srv.adminURL, "sse_hub_subscribers") == 1 })
+
+	var want []string
+	for i := range events {
+		topic := []string{"orders/1", "orders/2"}[i%2]
+		data := fmt.Sprintf("event %d\non two lines", i)
+		want = append(want, fmt.Sprintf(`{"id":%q,"data":%q}`, publishEvent(t, srv.adminURL, topic, "", data), data))
+		publishEvent(t, srv.adminURL, "orders/3", "", "not subscribed")
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("node client.mjs: %v\n%s", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the client did not get %d events within 30s; it printed:\n%s", events, out.String())
+	}
+	var got []string
+	opens := 0
+	for line := range strings.Lines(out.String()) {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == `{"open":true}`:
+			opens++
+		case line != "":
+			got = append(got, line)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("the eventsource package printed\n%s\nwant exactly\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if opens < 2 {
+		t.Errorf("the client opened the stream %d times, want at least 2: the cuts tested nothing", opens)
+	}
+}
+
+func FuzzParsePublish(f *testing.F) {
+	for _, seed := range []string{
+		`{"topic":"orders/42","data":{"state":"shipped"},"event":"shipped"}`,
+		`{"topic":"a","data":"line\r\nbreaks\rand\nNUL\u0000"}`,
+		`{"topic":"a","data":null}`,
+		`{"topic":"a b","data":1}`,
+		`{"topic":"a","data":[1, 2 ,{"x" : "\ud800"}],"event":"reset"}`,
+		"{\"topic\":\"a\",\"data\":\"\xff\"}",
+		`{"topic":"a","data":1}{}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		topic, event, data, err := parsePublish(body)
+		if err != nil {
+			return
+		}
+		if checkTopic(topic) != nil || checkEventName(event) != nil {
+			t.Fatalf("parsePublish(%q) accepted topic %q event %q", body, topic, event)
+		}
+		var req publishRequest
+		if json.Unmarshal(body, &req) != nil {
+			t.Fatalf("parsePublish(%q) accepted a body encoding/json refuses", body)
+		}
+		var text string
+		var compact bytes.Buffer
+		if req.Data[0] == '"' {
+			if json.Unmarshal(req.Data, &text) != nil || string(data) != text {
+				t.Fatalf("parsePublish(%q) data = %q, want the string itself %q", body, data, text)
+			}
+		} else if json.Compact(&compact, req.Data) != nil || !bytes.Equal(data, compact.Bytes()) {
+			t.Fatalf("parsePublish(%q) data = %q, want the compact JSON value %q", body, data, compact.Bytes())
+		}
+		// Framed and parsed back, the data is what was published, line breaks as LF.
+		frames := parseFrames(appendNamedEvent(nil, []byte("e-1"), event, data))
+		want := strings.NewReplacer("\r\n", "\n", "\r", "\n").Replace(string(data))
+		if len(frames) != 1 || frames[0].data != want || frames[0].event != event || frames[0].id != "e-1" {
+			t.Fatalf("publish %q framed and parsed = %+v, want one event with data %q", body, frames, want)
+		}
+	})
 }
