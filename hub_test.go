@@ -691,3 +691,33 @@ func FuzzParsePublish(f *testing.F) {
 		}
 	})
 }
+
+func TestPublish_NeedsTheTokenWhenOneIsSet(t *testing.T) {
+	srv := startServer(t, "-publish-token", "s3cret")
+	body := []byte(`{"topic":"a","data":1}`)
+	for _, tt := range []struct {
+		name, token string
+		want        int
+	}{
+		{"no token", "", http.StatusUnauthorized},
+		{"wrong token", "s3cre", http.StatusUnauthorized},
+		{"longer token", "s3crets", http.StatusUnauthorized},
+		{"the token", "s3cret", http.StatusOK},
+	} {
+		status, answer := publish(t, srv.adminURL, tt.token, body)
+		if status != tt.want || strings.Contains(answer, "s3cret") {
+			t.Errorf("%s: POST /publish = %d %q, want %d and no token in the answer", tt.name, status, answer, tt.want)
+		}
+	}
+	resp, err := http.Get(srv.adminURL + "/publish")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || !strings.Contains(resp.Header.Get("Allow"), "POST") {
+		t.Errorf("GET /publish = %d Allow %q, want 405 naming POST", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+	if got := metric(t, srv.adminURL, "sse_hub_published_total"); got != 1 {
+		t.Errorf("sse_hub_published_total = %v, want 1: only the request with the token publishes", got)
+	}
+}
