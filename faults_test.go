@@ -233,6 +233,46 @@ func dialRaw(t *testing.T, baseURL string) *net.TCPConn {
 	return conn.(*net.TCPConn)
 }
 
+// dialStalled opens a stream on a connection that never reads, with a 4 KiB receive buffer
+// set before it connects, so that the client's window shuts within seconds even at a few
+// small events a second; from then on the server's writes wait in its own send buffer.
+func dialStalled(t *testing.T, baseURL string) *net.TCPConn {
+	t.Helper()
+	dialer := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+	}}
+	conn, err := dialer.Dial("tcp", strings.TrimPrefix(baseURL, "http://"))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := io.WriteString(conn, streamRequest); err != nil {
+		t.Fatalf("write request: %v", err)
+	}
+	return conn.(*net.TCPConn)
+}
+
+// waitWriteBlocked waits until a write of the server's one open stream is blocked: its
+// completed writes (sse_write_duration_seconds_count) stay the same for 100 event intervals
+// and at least half a second, which happens, while its producer sends every interval, only
+// when the client's window and the server's send buffer are full. A test that relies on a
+// stalled reader calls it before asserting what follows from the stall.
+func waitWriteBlocked(t *testing.T, adminURL string, interval time.Duration) {
+	t.Helper()
+	const key = "sse_write_duration_seconds_count"
+	still := max(100*interval, 500*time.Millisecond)
+	last, since := -1.0, time.Now()
+	eventually(t, 30*time.Second, "a write to the stalled reader is blocked", func() bool {
+		n := metric(t, adminURL, key)
+		if n != last {
+			last, since = n, time.Now()
+		}
+		return n > 0 && time.Since(since) >= still
+	})
+}
+
 func TestFault_ChurnLeavesNothingBehind(t *testing.T) {
 	srv := startServer(t, "-interval", "10ms")
 	canary := openCanaries(t, srv.url, 3)
@@ -310,20 +350,7 @@ func TestFault_StalledReadersAreDropped(t *testing.T) {
 	stalled := scale(20, 200)
 	start := time.Now()
 	for range stalled {
-		// A small receive buffer on the client too, so that the stall shows within seconds.
-		dialer := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) {
-				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-			})
-		}}
-		conn, err := dialer.Dial("tcp", strings.TrimPrefix(srv.url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		if _, err := io.WriteString(conn, streamRequest); err != nil {
-			t.Fatal(err)
-		}
+		dialStalled(t, srv.url)
 	}
 	eventually(t, 30*time.Second, "every stalled reader is dropped", func() bool {
 		return metric(t, srv.adminURL, `sse_streams_ended_total{reason="write_timeout"}`) >= float64(stalled)
@@ -616,11 +643,8 @@ func TestFault_SigtermEndsEveryStreamCleanly(t *testing.T) {
 func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
 	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096", "-write-timeout", "1m", "-shutdown-timeout", "1m")
 	// A reader that never reads keeps shutdown waiting on its write.
-	stalled := dialRaw(t, proc.url)
-	defer stalled.Close()
-	stalled.SetReadBuffer(4096)
-	io.WriteString(stalled, streamRequest)
-	time.Sleep(2 * time.Second)
+	dialStalled(t, proc.url)
+	waitWriteBlocked(t, proc.adminURL, time.Millisecond)
 
 	proc.cmd.Process.Signal(syscall.SIGTERM)
 	proc.logs.waitFor(t, regexp.MustCompile(`msg="(shutting down)"`), 5*time.Second)
@@ -640,13 +664,8 @@ func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
 func TestFault_DuplicateSignalIsOneStopRequest(t *testing.T) {
 	// A stalled reader keeps the shutdown busy, so the duplicate arrives while it runs.
 	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096", "-shutdown-timeout", "2s")
-	stalled := dialRaw(t, proc.url)
-	defer stalled.Close()
-	stalled.SetReadBuffer(4096)
-	io.WriteString(stalled, streamRequest)
-	eventually(t, 10*time.Second, "the stalled stream has sent events", func() bool {
-		return metric(t, proc.adminURL, "sse_events_total") > 100
-	})
+	dialStalled(t, proc.url)
+	waitWriteBlocked(t, proc.adminURL, time.Millisecond)
 	// What timeout(1) and other supervisors do: the process, then its process group. The
 	// kernel merges two signals sent before the first is handled, so the second one goes
 	// once the first has started the shutdown.
@@ -666,6 +685,9 @@ func TestFault_DuplicateSignalIsOneStopRequest(t *testing.T) {
 func TestFault_StalledReaderDoesNotHoldShutdown(t *testing.T) {
 	// The default timeouts: a write may wait 10s, shutdown only 5s.
 	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096")
+	// The stalled reader alone first, so that the write count shows its write blocked.
+	dialStalled(t, proc.url)
+	waitWriteBlocked(t, proc.adminURL, time.Millisecond)
 	canary := make([]net.Conn, 3)
 	for i := range canary {
 		canary[i] = dialRaw(t, proc.url)
@@ -673,11 +695,9 @@ func TestFault_StalledReaderDoesNotHoldShutdown(t *testing.T) {
 		io.WriteString(canary[i], streamRequest)
 		go io.Copy(io.Discard, canary[i])
 	}
-	stalled := dialRaw(t, proc.url)
-	defer stalled.Close()
-	stalled.SetReadBuffer(4096)
-	io.WriteString(stalled, streamRequest)
-	time.Sleep(2 * time.Second) // long enough to fill both socket buffers at 1ms events
+	eventually(t, 5*time.Second, "the canaries' streams are open", func() bool {
+		return metric(t, proc.adminURL, "sse_streams_open") == float64(len(canary)+1)
+	})
 
 	took := proc.signal(t, syscall.SIGTERM, 5*time.Second) // -shutdown-timeout
 	if code := proc.cmd.ProcessState.ExitCode(); code != 0 {

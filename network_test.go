@@ -225,23 +225,8 @@ func TestFault_StalledReaderIsDroppedAtAnyRate(t *testing.T) {
 	)
 	srv := startServer(t, "-interval", interval.String(), "-dead-client-timeout", deadAfter.String())
 	canary := openCanaries(t, srv.url, 3)
-	// A small receive buffer, set before connecting so that the window is small from the
-	// start: the stall shows within seconds even at ten small events a second.
-	dialer := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) {
-			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-	}}
-	c, err := dialer.Dial("tcp", strings.TrimPrefix(srv.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := c.(*net.TCPConn)
-	defer conn.Close()
 	start := time.Now()
-	if _, err := io.WriteString(conn, streamRequest); err != nil {
-		t.Fatal(err)
-	}
+	conn := dialStalled(t, srv.url)
 	eventually(t, 10*time.Second, "the stalled reader's stream is open", func() bool { return srv.healthClients(t) == 4 })
 	// The client never reads. Its receive queue grows until its window is shut; from
 	// then on the server's data waits in its own send buffer.
