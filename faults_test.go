@@ -343,6 +343,7 @@ func churnOnce(t *testing.T, baseURL string, how int) {
 }
 
 func TestFault_StalledReadersAreDropped(t *testing.T) {
+	skipShort(t, "about 5 s for 20 stalled readers to reach their write timeout")
 	// A write timeout longer than canaryMaxWait, so that a canary held up by the stalled
 	// readers would show.
 	srv := startServer(t, "-interval", "1ms", "-send-buffer", "16384", "-write-timeout", "3s")
@@ -602,6 +603,7 @@ func overloadAnswer(resp *http.Response, eventSource bool) string {
 }
 
 func TestFault_SigtermEndsEveryStreamCleanly(t *testing.T) {
+	t.Parallel()
 	streams := scale(200, 1000)
 	proc := startProcess(t, "-interval", "100ms", "-max-clients", strconv.Itoa(streams))
 	conns := make([]net.Conn, streams)
@@ -641,6 +643,7 @@ func TestFault_SigtermEndsEveryStreamCleanly(t *testing.T) {
 }
 
 func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
+	t.Parallel()
 	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096", "-write-timeout", "1m", "-shutdown-timeout", "1m")
 	// A reader that never reads keeps shutdown waiting on its write.
 	dialStalled(t, proc.url)
@@ -662,6 +665,7 @@ func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
 }
 
 func TestFault_DuplicateSignalIsOneStopRequest(t *testing.T) {
+	t.Parallel()
 	// A stalled reader keeps the shutdown busy, so the duplicate arrives while it runs.
 	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096", "-shutdown-timeout", "2s")
 	dialStalled(t, proc.url)
@@ -683,6 +687,7 @@ func TestFault_DuplicateSignalIsOneStopRequest(t *testing.T) {
 }
 
 func TestFault_StalledReaderDoesNotHoldShutdown(t *testing.T) {
+	t.Parallel()
 	// The default timeouts: a write may wait 10s, shutdown only 5s.
 	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096")
 	// The stalled reader alone first, so that the write count shows its write blocked.

@@ -60,6 +60,7 @@ func (p *serverProcess) running(t *testing.T) {
 }
 
 func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
+	skipShort(t, "about 20 s: a child process run out of file descriptors until its idle connections time out")
 	nofile := scale(512, 10000)
 	// The idle connections must outlive the time it takes to open them all.
 	readTimeout := time.Duration(scale(1, 10)) * time.Second
@@ -116,6 +117,7 @@ func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
 }
 
 func TestHostile_MaxClientsFitsTheOpenFileLimit(t *testing.T) {
+	t.Parallel()
 	const nofile, margin = 512, 64
 	proc := startProcessWith(t, processOptions{nofile: nofile}, "-interval", "1h", "-keepalive", "1h")
 	fitted := nofile - margin
@@ -179,6 +181,7 @@ func (l *errListener) Close() error {
 }
 
 func TestConnListener_BacksOffOnTemporaryErrorsUntilClosed(t *testing.T) {
+	t.Parallel()
 	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
 	inner := &errListener{errs: []error{emfile, emfile, emfile, emfile}, closed: make(chan struct{})}
 	acceptErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "accept_errors_total", Help: "Failed accepts."})
@@ -223,6 +226,7 @@ func TestConnListener_BacksOffOnTemporaryErrorsUntilClosed(t *testing.T) {
 }
 
 func TestHostile_AnnouncedBodyGets413Unread(t *testing.T) {
+	skipShort(t, "about 20 s: 2,000 announced bodies against a child process")
 	proc := startProcess(t, "-interval", "20ms")
 	canary := openCanaries(t, proc.url, 2)
 	proc.noteGoroutines(t)
@@ -380,6 +384,8 @@ func streamCostPerStream(t *testing.T, n int, args ...string) float64 {
 }
 
 func TestHostile_HeaderLimitCostsOpenStreamsNothing(t *testing.T) {
+	skipShort(t, "two child processes holding 500 streams each")
+	t.Parallel()
 	n := scale(500, 2000)
 	small := streamCostPerStream(t, n, "-max-header-bytes", "4096")
 	big := streamCostPerStream(t, n, "-max-header-bytes", "16384")
@@ -391,6 +397,7 @@ func TestHostile_HeaderLimitCostsOpenStreamsNothing(t *testing.T) {
 }
 
 func TestHostile_IdleAndHalfSentConnectionsDoNotHoldShutdown(t *testing.T) {
+	t.Parallel()
 	// The default timeouts: -read-timeout 10s is longer than -shutdown-timeout 5s.
 	proc := startProcess(t, "-interval", "50ms")
 	stream := dialRaw(t, proc.url)
@@ -499,6 +506,7 @@ func TestHostile_HTTP10GetsACloseDelimitedStream(t *testing.T) {
 }
 
 func TestHostile_HTTP10StreamEndsCleanlyAtShutdown(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "20ms")
 	conn := dialRaw(t, srv.url)
 	defer conn.Close()
@@ -525,13 +533,8 @@ func TestHostile_HTTP10StreamEndsCleanlyAtShutdown(t *testing.T) {
 }
 
 func TestHostile_CurlReadsAnHTTP10Stream(t *testing.T) {
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("curl not found (apt-get install curl): %v", err)
-		}
-		t.Skipf("*** SKIPPED: curl not found (apt-get install curl) ***")
-	}
+	t.Parallel()
+	curl := requireTool(t, "", "curl", "curl")
 	srv := startServer(t, "-interval", "5ms", "-max-lifetime", "300ms")
 	out, err := exec.Command(curl, "--http1.0", "-sS", "-N", "--max-time", "10", srv.url+"/sse").CombinedOutput()
 	if err != nil {
@@ -576,6 +579,7 @@ func readHeaderBlock(t *testing.T, reader *bufio.Reader) (string, map[string][]s
 }
 
 func TestHostile_ConnectionCloseGetsOneConnectionHeader(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "5ms")
 	conn := dialRaw(t, srv.url)
 	defer conn.Close()
@@ -655,6 +659,7 @@ func TestHostile_ChurnLogIsBounded(t *testing.T) {
 }
 
 func TestLogLimit_SummarisesWhatItHoldsBack(t *testing.T) {
+	t.Parallel()
 	logs := newLogBuffer()
 	limit := newLogLimit(slog.New(slog.NewTextHandler(logs, nil)), 3, "held back")
 	passed := 0

@@ -356,12 +356,24 @@ func (l *logBuffer) waitFor(t testing.TB, re *regexp.Regexp, within time.Duratio
 	}
 }
 
+// skipShort skips the test under go test -short (make check), saying in one line what it
+// needs that the fast loop does not give it: an external program, a process of its own,
+// or more than a few seconds.
+func skipShort(t *testing.T, needs string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("-short: needs %s", needs)
+	}
+}
+
 // requireTool returns the path of an external program a test needs: $env if env names a
 // variable that is set, else name on $PATH or in /usr/sbin, /sbin or /usr/bin. Without it
 // the test is skipped, loudly, or fails when CI=true, because CI must run every test;
-// .ci/run installs the Debian package pkg.
+// .ci/run installs the Debian package pkg. Under -short it skips at once, since the fast
+// loop runs no external program.
 func requireTool(t *testing.T, env, name, pkg string) string {
 	t.Helper()
+	skipShort(t, name)
 	if env != "" {
 		if p := os.Getenv(env); p != "" {
 			path, err := exec.LookPath(p)
@@ -438,6 +450,7 @@ func goroutinesIn(fn any) int {
 }
 
 func TestRun_StopsWhenCancelledAsSoonAsItListens(t *testing.T) {
+	t.Parallel()
 	// A cancellation can come before Serve has taken the listener.
 	for i := range 20 {
 		logs := newLogBuffer()
@@ -460,6 +473,7 @@ func TestRun_StopsWhenCancelledAsSoonAsItListens(t *testing.T) {
 }
 
 func TestRun_RefusesBusyAddress(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -472,6 +486,7 @@ func TestRun_RefusesBusyAddress(t *testing.T) {
 }
 
 func TestRoutes_StatusCodes(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	tests := []struct {
 		method, path string
@@ -508,6 +523,7 @@ func TestRoutes_StatusCodes(t *testing.T) {
 }
 
 func TestRoutes_PageIsEmbeddedWithStrictHeaders(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	resp, body := srv.get(t, http.MethodGet, "/", nil)
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
@@ -535,6 +551,7 @@ func TestRoutes_PageIsEmbeddedWithStrictHeaders(t *testing.T) {
 }
 
 func TestRoutes_PageSourcesInCSPAndPage(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, sources, connectSrc, meta string
 	}{

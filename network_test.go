@@ -215,6 +215,7 @@ func receiveQueue(t *testing.T, conn *net.TCPConn) int {
 }
 
 func TestFault_StalledReaderIsDroppedAtAnyRate(t *testing.T) {
+	skipShort(t, "about 15 s for a receive window to shut at ten events a second")
 	const (
 		deadAfter = 2 * time.Second
 		interval  = 100 * time.Millisecond
@@ -279,6 +280,7 @@ type refusedThenServed struct {
 }
 
 func TestNetwork_RefusedEventSourceReconnectsByItself(t *testing.T) {
+	t.Parallel()
 	// A Go client that follows the HTML standard's reconnection rules, as the npm
 	// eventsource package does: it honours retry:, resends Last-Event-ID, and reconnects
 	// after a clean end.
@@ -451,6 +453,7 @@ es.onmessage = (e) => { window.log.push("message " + e.lastEventId); };
 }
 
 func TestNetwork_MaxLifetimeEndsAreSpread(t *testing.T) {
+	t.Parallel()
 	const (
 		streams  = 200
 		lifetime = 2 * time.Second
@@ -530,6 +533,7 @@ func TestNetwork_MaxLifetimeEndsAreSpread(t *testing.T) {
 }
 
 func TestNetwork_ShutdownSpreadsReconnects(t *testing.T) {
+	t.Parallel()
 	const (
 		streams = 200
 		retry   = time.Second

@@ -627,6 +627,7 @@ func (s *timedStream) snapshot() timedStream {
 }
 
 func TestProxy_StreamsEventsUnbuffered(t *testing.T) {
+	skipShort(t, "nginx")
 	const interval, events = 100 * time.Millisecond, 30
 	r := startReplica(t, "-interval", interval.String())
 	tap := startTap(t, r.addr)
@@ -670,6 +671,7 @@ func TestProxy_StreamsEventsUnbuffered(t *testing.T) {
 }
 
 func TestProxy_ServesOnlyThePublicRoutes(t *testing.T) {
+	skipShort(t, "nginx")
 	r := startReplica(t, "-interval", "100ms", "-retry", "200ms")
 	p := startNginx(t, []string{r.addr})
 
@@ -738,6 +740,7 @@ func TestProxy_ServesOnlyThePublicRoutes(t *testing.T) {
 }
 
 func TestProxy_BrowserOpensTwelveStreamsOverHTTP2(t *testing.T) {
+	skipShort(t, "nginx")
 	const streams = 12
 	r := startReplica(t, "-interval", "100ms")
 	p := startNginx(t, []string{r.addr})
@@ -806,6 +809,7 @@ func TestProxy_BrowserOpensTwelveStreamsOverHTTP2(t *testing.T) {
 // ids only continue a count: the random stream replays nothing, and the values of the gap
 // were never produced. Delivery of every event across a reconnect is what topics are for.
 func TestProxy_RollingRestartContinuesIdsAfterAShortWait(t *testing.T) {
+	skipShort(t, "nginx")
 	const clients, interval, retry = 200, 200 * time.Millisecond, time.Second
 	args := []string{"-interval", interval.String(), "-retry", retry.String()}
 	replicas := []*replica{startReplica(t, args...), startReplica(t, args...)}
@@ -853,6 +857,7 @@ func rollingRestart(t *testing.T, f *followers, replicas []*replica, settle time
 }
 
 func TestProxy_MaxLifetimeRebalancesAfterRestarts(t *testing.T) {
+	skipShort(t, "nginx")
 	const clients, interval, retry, lifetime = 200, 200 * time.Millisecond, time.Second, 5 * time.Second
 	args := []string{"-interval", interval.String(), "-retry", retry.String(), "-max-lifetime", lifetime.String()}
 	replicas := []*replica{startReplica(t, args...), startReplica(t, args...)}
@@ -874,6 +879,7 @@ func TestProxy_MaxLifetimeRebalancesAfterRestarts(t *testing.T) {
 }
 
 func TestProxy_KeepaliveOutlivesReadTimeout(t *testing.T) {
+	skipShort(t, "nginx")
 	// The shipped timeout is a minute; this test renders 2s, and keepalives 4 times as often,
 	// to see three timeouts pass in a few seconds.
 	const readTimeout, keepalive = 2 * time.Second, 500 * time.Millisecond
@@ -910,6 +916,7 @@ func TestProxy_KeepaliveOutlivesReadTimeout(t *testing.T) {
 }
 
 func TestProxy_ReloadMovesStreamsToNewWorkers(t *testing.T) {
+	skipShort(t, "nginx")
 	// The shipped worker_shutdown_timeout is 10s; this test renders 2s.
 	const clients, interval, retry, shutdown = 20, 100 * time.Millisecond, time.Second, 2 * time.Second
 	r := startReplica(t, "-interval", interval.String(), "-retry", retry.String())

@@ -181,6 +181,7 @@ func scanSSELines(data []byte, atEOF bool) (advance int, token []byte, err error
 }
 
 func TestSSEClient_FollowsTheStandard(t *testing.T) {
+	t.Parallel()
 	// Each request gets the next answer: a stream with every kind of line end, then a stream
 	// cut off mid-event, then a status an EventSource gives up on.
 	answers := []string{

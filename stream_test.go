@@ -17,6 +17,7 @@ import (
 var eventPattern = regexp.MustCompile(`^id: ([1-9][0-9]*)\ndata: \{"User":(0|[1-9][0-9]*)\}\n\n$`)
 
 func TestStream_FramingIsExact(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "5ms", "-retry", "1500ms")
 	stream := openStream(t, srv.url, nil)
 	if got, want := string(stream.nextRaw(t)), "retry: 1500\n: stream opened\n\n"; got != want {
@@ -39,6 +40,7 @@ func TestStream_FramingIsExact(t *testing.T) {
 }
 
 func TestStream_ManyEventsOnOneConnection(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "2ms")
 	before := metric(t, srv.adminURL, "sse_streams_opened_total")
 	stream := openStream(t, srv.url, nil)
@@ -58,6 +60,7 @@ func TestStream_ManyEventsOnOneConnection(t *testing.T) {
 }
 
 func TestStream_LastEventID(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "5ms")
 	tests := []struct {
 		name, header string
@@ -97,6 +100,7 @@ func TestStream_LastEventID(t *testing.T) {
 }
 
 func TestStream_ResumesAfterLastEventIDQuery(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "5ms")
 	tests := []struct {
 		name, query, header string
@@ -123,6 +127,7 @@ func TestStream_ResumesAfterLastEventIDQuery(t *testing.T) {
 }
 
 func TestStream_KeepaliveWhenIdle(t *testing.T) {
+	t.Parallel()
 	const keepalive = time.Second
 	srv := startServer(t, "-interval", "1h", "-keepalive", keepalive.String())
 	stream := openStream(t, srv.url, nil)
@@ -143,6 +148,7 @@ func TestStream_KeepaliveWhenIdle(t *testing.T) {
 }
 
 func TestStream_KeepaliveOnlyWhenSilent(t *testing.T) {
+	t.Parallel()
 	// A keepalive period far above any scheduling delay: one that came would mean the
 	// server sent it while events were flowing.
 	srv := startServer(t, "-interval", "10ms", "-keepalive", "5s")
@@ -156,6 +162,7 @@ func TestStream_KeepaliveOnlyWhenSilent(t *testing.T) {
 }
 
 func TestStream_MaxLifetimeEndsAndNextResumes(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "10ms", "-max-lifetime", "300ms")
 	stream := openStream(t, srv.url, nil)
 	start := time.Now()
@@ -192,7 +199,7 @@ func TestStream_MaxLifetimeEndsAndNextResumes(t *testing.T) {
 }
 
 func TestStream_VanishedClientLeavesNoGoroutines(t *testing.T) {
-	const keepalive = time.Second
+	const keepalive = 500 * time.Millisecond
 	tests := []struct {
 		name string
 		args []string
@@ -246,6 +253,7 @@ func TestStream_VanishedClientLeavesNoGoroutines(t *testing.T) {
 }
 
 func TestStream_VerboseLogsEveryEvent(t *testing.T) {
+	t.Parallel()
 	for _, verbose := range []bool{false, true} {
 		args := []string{"-interval", "5ms"}
 		if verbose {
