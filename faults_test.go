@@ -113,16 +113,11 @@ func openCanaries(t *testing.T, baseURL string, n int) *canaries {
 func (c *canaries) read(i int, s *sseStream) {
 	defer c.wg.Done()
 	last := time.Now()
-	for {
-		line, err := s.reader.ReadString('\n')
-		if err != nil {
+	readFrames(s.reader, func(f frame) {
+		if !f.isEvent {
 			return
 		}
-		idText, ok := strings.CutPrefix(line, "id: ")
-		if !ok {
-			continue
-		}
-		id, _ := strconv.ParseUint(strings.TrimSpace(idText), 10, 64)
+		id, _ := strconv.ParseUint(f.id, 10, 64)
 		c.mu.Lock()
 		if id != c.lastIDs[i]+1 {
 			c.gaps++
@@ -131,7 +126,7 @@ func (c *canaries) read(i int, s *sseStream) {
 		c.maxWait = max(c.maxWait, time.Since(last))
 		c.mu.Unlock()
 		last = time.Now()
-	}
+	})
 }
 
 // check asserts that every canary is still receiving, with no gap and no wait over maxWait.
