@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -168,18 +166,13 @@ func TestStream_MaxLifetimeEndsAndNextResumes(t *testing.T) {
 	start := time.Now()
 	var lastID string
 	frames := 0
-	for {
-		line, err := stream.reader.ReadBytes('\n')
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("stream cut with %v, want a clean end", err)
-		}
-		if id, ok := strings.CutPrefix(string(line), "id: "); ok {
-			lastID = strings.TrimSpace(id)
+	if _, err := readFrames(stream.reader, func(f frame) {
+		if f.isEvent {
+			lastID = f.id
 			frames++
 		}
+	}); err != nil {
+		t.Fatalf("stream cut with %v, want a clean end", err)
 	}
 	if took := time.Since(start); took < 250*time.Millisecond || took > 3*time.Second {
 		t.Errorf("stream lasted %s, want about 300ms", took)
