@@ -5,10 +5,17 @@ GO ?= go
 SHELL := bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: help run build test stress lint fuzz soak bench
+.PHONY: help check run build test stress lint fuzz soak bench
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+# Most tests marked parallel wait on timers and sockets, not on the CPU: -parallel 16 lets
+# them wait together on 2 cores.
+check: ## gofmt, go vet and the fast tests (go test -short), under 20 s: the inner loop
+	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+	$(GO) test -short -race -count=1 -parallel 16 ./...
 
 run: ## serve the dashboard at http://localhost:3000
 	$(GO) run .
@@ -19,7 +26,7 @@ build: ## build ./sse-dashboard
 test: lint ## vet, every test with the race detector, then a short fuzz run
 	@test -n "$$CHROME_PATH" || command -v chromium >/dev/null || echo "*** chromium not found: the browser tests will be SKIPPED (apt-get install chromium) ***"
 	@test -n "$$NGINX_PATH" || test -x /usr/sbin/nginx || command -v nginx >/dev/null || echo "*** nginx not found: the proxy tests will be SKIPPED (apt-get install nginx) ***"
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -parallel 16 ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
 fuzz: ## fuzz the frame writer, the Last-Event-ID parser and Accept's weights (FUZZTIME=1m)

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -510,15 +509,10 @@ type procSample struct {
 // its goroutines and clients from its metrics (the service, on its admin listener) or
 // from expvar (the comparison servers).
 func sampleProcess(proc *benchProcess) (procSample, error) {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", proc.cmd.Process.Pid))
+	rss, err := rssKB(proc.cmd.Process.Pid)
 	if err != nil {
-		return procSample{}, fmt.Errorf("read the server's RSS: %w", err)
+		return procSample{}, err
 	}
-	m := regexp.MustCompile(`VmRSS:\s+(\d+)`).FindSubmatch(status)
-	if m == nil {
-		return procSample{}, errors.New("no VmRSS in the server's /proc status")
-	}
-	rss, _ := strconv.ParseFloat(string(m[1]), 64)
 	base := "http://" + proc.addr
 	if proc.admin != "" {
 		base = "http://" + proc.admin
@@ -540,24 +534,14 @@ func sampleProcess(proc *benchProcess) (procSample, error) {
 	if err := json.NewDecoder(resp.Body).Decode(&vars); err != nil {
 		return procSample{}, fmt.Errorf("decode the server's expvar: %w", err)
 	}
-	s := procSample{rssKB: rss, heapKB: vars.Memstats.HeapInuse / 1024, stackKB: vars.Memstats.StackInuse / 1024,
+	s := procSample{rssKB: float64(rss), heapKB: vars.Memstats.HeapInuse / 1024, stackKB: vars.Memstats.StackInuse / 1024,
 		goroutines: vars.Goroutines, clients: vars.Clients}
 	if proc.admin != "" {
-		metrics, err := client.Get(base + "/metrics")
+		samples, err := tryScrape(base)
 		if err != nil {
 			return procSample{}, fmt.Errorf("read the server's metrics: %w", err)
 		}
-		defer metrics.Body.Close()
-		lines := bufio.NewScanner(metrics.Body)
-		for lines.Scan() {
-			name, value, _ := strings.Cut(lines.Text(), " ")
-			switch name {
-			case "go_goroutines":
-				s.goroutines, _ = strconv.Atoi(value)
-			case "sse_streams_open":
-				s.clients, _ = strconv.Atoi(value)
-			}
-		}
+		s.goroutines, s.clients = int(samples["go_goroutines"]), int(samples["sse_streams_open"])
 	}
 	return s, nil
 }

@@ -15,6 +15,7 @@ import (
 )
 
 func TestConfig_READMEFlagTableMatchesHelp(t *testing.T) {
+	t.Parallel()
 	var help bytes.Buffer
 	if err := run(context.Background(), []string{"-h"}, func(string) string { return "" }, &help); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("run -h = %v, want flag.ErrHelp", err)
@@ -56,6 +57,7 @@ func TestConfig_READMEFlagTableMatchesHelp(t *testing.T) {
 }
 
 func TestConfig_RefusesBadValues(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		args []string
@@ -115,6 +117,7 @@ func TestConfig_RefusesBadValues(t *testing.T) {
 }
 
 func TestConfig_EnvironmentFallbacks(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		args []string
@@ -163,6 +166,7 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 }
 
 func TestConfig_HelpListsEveryFlag(t *testing.T) {
+	t.Parallel()
 	var out bytes.Buffer
 	// A bad environment must not keep anyone from reading the help.
 	badEnv := func(k string) string { return map[string]string{"INTERVAL": "0", "BUFFER": "x"}[k] }
@@ -184,6 +188,7 @@ func TestConfig_HelpListsEveryFlag(t *testing.T) {
 }
 
 func TestFitOpenFiles(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name       string
 		maxClients int

@@ -113,16 +113,11 @@ func openCanaries(t *testing.T, baseURL string, n int) *canaries {
 func (c *canaries) read(i int, s *sseStream) {
 	defer c.wg.Done()
 	last := time.Now()
-	for {
-		line, err := s.reader.ReadString('\n')
-		if err != nil {
+	readFrames(s.reader, func(f frame) {
+		if !f.isEvent {
 			return
 		}
-		idText, ok := strings.CutPrefix(line, "id: ")
-		if !ok {
-			continue
-		}
-		id, _ := strconv.ParseUint(strings.TrimSpace(idText), 10, 64)
+		id, _ := strconv.ParseUint(f.id, 10, 64)
 		c.mu.Lock()
 		if id != c.lastIDs[i]+1 {
 			c.gaps++
@@ -131,7 +126,7 @@ func (c *canaries) read(i int, s *sseStream) {
 		c.maxWait = max(c.maxWait, time.Since(last))
 		c.mu.Unlock()
 		last = time.Now()
-	}
+	})
 }
 
 // check asserts that every canary is still receiving, with no gap and no wait over maxWait.
@@ -166,26 +161,58 @@ func streamGoroutines() int {
 	return goroutinesIn(produce) + goroutinesIn((*sseHandler).ServeHTTP)
 }
 
-// expectBaseline waits until the server holds only the canaries' streams and goroutines
-// again, and returns what is left over as text for the soak table.
-func expectBaseline(t *testing.T, srv *testServer, canaries int) string {
+// service is a running sse-dashboard as expectBaseline sees it: a *testServer in this
+// process, or a *serverProcess of its own.
+type service interface {
+	// leftovers returns how many streams are open and how many goroutines there are
+	// beyond what those streams need, or ok false if the service did not answer.
+	leftovers(t *testing.T, streams int) (open, extra int, ok bool)
+}
+
+// leftovers counts the goroutines inside the stream handler and the producer, exactly two
+// for each open stream, and the open streams that /healthz reports.
+func (s *testServer) leftovers(t *testing.T, streams int) (open, extra int, ok bool) {
+	return int(s.healthClients(t)), streamGoroutines() - 2*streams, true
+}
+
+// noteGoroutines records the process's goroutines now as those it must come back to: a
+// process's goroutines show only as a number in its metrics.
+func (p *serverProcess) noteGoroutines(t *testing.T) {
 	t.Helper()
-	want := 2 * canaries
-	ok := true
-	deadline := time.Now().Add(15 * time.Second)
-	for streamGoroutines() != want || srv.healthClients(t) != int64(canaries) {
+	p.goroutines = int(metric(t, p.adminURL, "go_goroutines"))
+}
+
+// leftovers reads the open streams and the goroutines from the process's metrics, allowing
+// four goroutines more than noteGoroutines saw for the runtime's own. fasthttp keeps an idle
+// worker goroutine for 10s and removes it at the next sweep, so a burst of connections
+// leaves goroutines behind for up to 20s.
+func (p *serverProcess) leftovers(t *testing.T, streams int) (open, extra int, ok bool) {
+	samples, err := tryScrape(p.adminURL)
+	if err != nil {
+		return 0, 0, false
+	}
+	return int(samples["sse_streams_open"]), max(0, int(samples["go_goroutines"])-p.goroutines-4), true
+}
+
+// expectBaseline waits until s holds only its streams open streams again and no goroutine
+// left over from what ended, failing the test after 30s, and returns what is left over as
+// text for the soak table ("none" when nothing is).
+func expectBaseline(t *testing.T, s service, streams int) string {
+	t.Helper()
+	var open, extra int
+	var ok bool
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		open, extra, ok = s.leftovers(t, streams)
+		if ok && open == streams && extra == 0 {
+			return "none"
+		}
 		if time.Now().After(deadline) {
-			ok = false
-			break
+			t.Errorf("%d open streams and %d goroutines left over (answered: %t), want %d and none", open, extra, ok, streams)
+			return fmt.Sprintf("%d goroutines", extra)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !ok {
-		t.Errorf("%d stream goroutines and %d open streams remain, want %d and %d",
-			streamGoroutines(), srv.healthClients(t), want, canaries)
-		return fmt.Sprintf("%d goroutines", streamGoroutines()-want)
-	}
-	return "none"
 }
 
 // streamRequest is a bare request for the stream, written on raw connections.
@@ -201,13 +228,56 @@ func dialRaw(t *testing.T, baseURL string) *net.TCPConn {
 	return conn.(*net.TCPConn)
 }
 
+// dialStalled opens a stream on a connection that never reads, with a 4 KiB receive buffer
+// set before it connects, so that the client's window shuts within seconds even at a few
+// small events a second; from then on the server's writes wait in its own send buffer.
+func dialStalled(t *testing.T, baseURL string) *net.TCPConn {
+	t.Helper()
+	dialer := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+	}}
+	conn, err := dialer.Dial("tcp", strings.TrimPrefix(baseURL, "http://"))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := io.WriteString(conn, streamRequest); err != nil {
+		t.Fatalf("write request: %v", err)
+	}
+	return conn.(*net.TCPConn)
+}
+
+// waitWriteBlocked waits until a write of the server's one open stream is blocked: its
+// completed writes (sse_write_duration_seconds_count) stay the same for 100 event intervals
+// and at least half a second, which happens, while its producer sends every interval, only
+// when the client's window and the server's send buffer are full. A test that relies on a
+// stalled reader calls it before asserting what follows from the stall.
+func waitWriteBlocked(t *testing.T, adminURL string, interval time.Duration) {
+	t.Helper()
+	const key = "sse_write_duration_seconds_count"
+	still := max(100*interval, 500*time.Millisecond)
+	last, since := -1.0, time.Now()
+	eventually(t, 30*time.Second, "a write to the stalled reader is blocked", func() bool {
+		n := metric(t, adminURL, key)
+		if n != last {
+			last, since = n, time.Now()
+		}
+		return n > 0 && time.Since(since) >= still
+	})
+}
+
 func TestFault_ChurnLeavesNothingBehind(t *testing.T) {
 	srv := startServer(t, "-interval", "10ms")
 	canary := openCanaries(t, srv.url, 3)
 	cycles := scale(600, 10000)
 	const workers = 20
 	start := time.Now()
-	rssBefore := rssKB(t)
+	rssBefore, err := rssKB(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
 	openedBefore := metric(t, srv.adminURL, "sse_streams_opened_total")
 
 	var wg sync.WaitGroup
@@ -231,7 +301,11 @@ func TestFault_ChurnLeavesNothingBehind(t *testing.T) {
 		t.Errorf("the server opened %v streams, want at least %d", opened, cycles)
 	}
 	if *soak {
-		if grown := rssKB(t) - rssBefore; grown > 64<<10 {
+		rssAfter, err := rssKB(os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if grown := rssAfter - rssBefore; grown > 64<<10 {
 			t.Errorf("RSS grew by %d KB over %d cycles, want under 64 MB", grown, cycles)
 		}
 	}
@@ -263,19 +337,8 @@ func churnOnce(t *testing.T, baseURL string, how int) {
 	conn.Close()
 }
 
-// rssKB returns this process's resident memory.
-func rssKB(t *testing.T) int {
-	t.Helper()
-	status, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Skipf("no /proc/self/status: %v", err)
-	}
-	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(status)
-	kb, _ := strconv.Atoi(string(m[1]))
-	return kb
-}
-
 func TestFault_StalledReadersAreDropped(t *testing.T) {
+	skipShort(t, "about 5 s for 20 stalled readers to reach their write timeout")
 	// A write timeout longer than canaryMaxWait, so that a canary held up by the stalled
 	// readers would show.
 	srv := startServer(t, "-interval", "1ms", "-send-buffer", "16384", "-write-timeout", "3s")
@@ -283,20 +346,7 @@ func TestFault_StalledReadersAreDropped(t *testing.T) {
 	stalled := scale(20, 200)
 	start := time.Now()
 	for range stalled {
-		// A small receive buffer on the client too, so that the stall shows within seconds.
-		dialer := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) {
-				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-			})
-		}}
-		conn, err := dialer.Dial("tcp", strings.TrimPrefix(srv.url, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		if _, err := io.WriteString(conn, streamRequest); err != nil {
-			t.Fatal(err)
-		}
+		dialStalled(t, srv.url)
 	}
 	eventually(t, 30*time.Second, "every stalled reader is dropped", func() bool {
 		return metric(t, srv.adminURL, `sse_streams_ended_total{reason="write_timeout"}`) >= float64(stalled)
@@ -548,6 +598,7 @@ func overloadAnswer(resp *http.Response, eventSource bool) string {
 }
 
 func TestFault_SigtermEndsEveryStreamCleanly(t *testing.T) {
+	t.Parallel()
 	streams := scale(200, 1000)
 	proc := startProcess(t, "-interval", "100ms", "-max-clients", strconv.Itoa(streams))
 	conns := make([]net.Conn, streams)
@@ -587,13 +638,11 @@ func TestFault_SigtermEndsEveryStreamCleanly(t *testing.T) {
 }
 
 func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
+	t.Parallel()
 	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096", "-write-timeout", "1m", "-shutdown-timeout", "1m")
 	// A reader that never reads keeps shutdown waiting on its write.
-	stalled := dialRaw(t, proc.url)
-	defer stalled.Close()
-	stalled.SetReadBuffer(4096)
-	io.WriteString(stalled, streamRequest)
-	time.Sleep(2 * time.Second)
+	dialStalled(t, proc.url)
+	waitWriteBlocked(t, proc.adminURL, time.Millisecond)
 
 	proc.cmd.Process.Signal(syscall.SIGTERM)
 	proc.logs.waitFor(t, regexp.MustCompile(`msg="(shutting down)"`), 5*time.Second)
@@ -611,15 +660,11 @@ func TestFault_SecondSignalExitsAtOnce(t *testing.T) {
 }
 
 func TestFault_DuplicateSignalIsOneStopRequest(t *testing.T) {
+	t.Parallel()
 	// A stalled reader keeps the shutdown busy, so the duplicate arrives while it runs.
 	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096", "-shutdown-timeout", "2s")
-	stalled := dialRaw(t, proc.url)
-	defer stalled.Close()
-	stalled.SetReadBuffer(4096)
-	io.WriteString(stalled, streamRequest)
-	eventually(t, 10*time.Second, "the stalled stream has sent events", func() bool {
-		return metric(t, proc.adminURL, "sse_events_total") > 100
-	})
+	dialStalled(t, proc.url)
+	waitWriteBlocked(t, proc.adminURL, time.Millisecond)
 	// What timeout(1) and other supervisors do: the process, then its process group. The
 	// kernel merges two signals sent before the first is handled, so the second one goes
 	// once the first has started the shutdown.
@@ -637,8 +682,12 @@ func TestFault_DuplicateSignalIsOneStopRequest(t *testing.T) {
 }
 
 func TestFault_StalledReaderDoesNotHoldShutdown(t *testing.T) {
+	t.Parallel()
 	// The default timeouts: a write may wait 10s, shutdown only 5s.
 	proc := startProcess(t, "-interval", "1ms", "-send-buffer", "4096")
+	// The stalled reader alone first, so that the write count shows its write blocked.
+	dialStalled(t, proc.url)
+	waitWriteBlocked(t, proc.adminURL, time.Millisecond)
 	canary := make([]net.Conn, 3)
 	for i := range canary {
 		canary[i] = dialRaw(t, proc.url)
@@ -646,11 +695,9 @@ func TestFault_StalledReaderDoesNotHoldShutdown(t *testing.T) {
 		io.WriteString(canary[i], streamRequest)
 		go io.Copy(io.Discard, canary[i])
 	}
-	stalled := dialRaw(t, proc.url)
-	defer stalled.Close()
-	stalled.SetReadBuffer(4096)
-	io.WriteString(stalled, streamRequest)
-	time.Sleep(2 * time.Second) // long enough to fill both socket buffers at 1ms events
+	eventually(t, 5*time.Second, "the canaries' streams are open", func() bool {
+		return metric(t, proc.adminURL, "sse_streams_open") == float64(len(canary)+1)
+	})
 
 	took := proc.signal(t, syscall.SIGTERM, 5*time.Second) // -shutdown-timeout
 	if code := proc.cmd.ProcessState.ExitCode(); code != 0 {

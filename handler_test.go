@@ -15,6 +15,7 @@ import (
 )
 
 func TestHandler_SendsEventStreamHeaders(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.url, "http://"))
 	if err != nil {
@@ -54,6 +55,7 @@ func TestHandler_SendsEventStreamHeaders(t *testing.T) {
 }
 
 func TestHandler_PreflightAllowsAnyOrigin(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	resp, _ := srv.get(t, http.MethodOptions, "/sse", http.Header{
 		"Origin":                         {"https://elsewhere.example"},
@@ -78,6 +80,7 @@ func TestHandler_PreflightAllowsAnyOrigin(t *testing.T) {
 }
 
 func TestHandler_ShutdownEndsStreamsUnderNetHTTP(t *testing.T) {
+	t.Parallel()
 	cfg, err := parseConfig([]string{"-interval", "1h", "-keepalive", "1h"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -109,6 +112,7 @@ func TestHandler_ShutdownEndsStreamsUnderNetHTTP(t *testing.T) {
 }
 
 func TestHandler_AnswersOverMaxClients(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-max-clients", "2", "-retry", "2s", "-retry-spread", "1s")
 	first := openStream(t, srv.url, nil)
 	first.next(t)

@@ -29,7 +29,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-// openFilesEnv sets RLIMIT_NOFILE of a process started by startProcessEnv, so that a test
+// openFilesEnv sets RLIMIT_NOFILE of a process started by startProcessWith, so that a test
 // can run out of file descriptors without opening 20,000 sockets.
 const openFilesEnv = "SSE_DASHBOARD_NOFILE"
 
@@ -49,38 +49,6 @@ func limitOpenFiles(value string) {
 	}
 }
 
-// startLimitedProcess starts the command in a child process whose open-file limit is nofile.
-func startLimitedProcess(t *testing.T, nofile int, args ...string) *serverProcess {
-	t.Helper()
-	return startProcessEnv(t, []string{helperEnv + "=1", openFilesEnv + "=" + strconv.Itoa(nofile)}, args...)
-}
-
-// processRSSKB returns the resident memory of the process pid.
-func processRSSKB(t *testing.T, pid int) int {
-	t.Helper()
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Skipf("no /proc/%d/status: %v", pid, err)
-	}
-	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(status)
-	if m == nil {
-		t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	}
-	kb, _ := strconv.Atoi(string(m[1]))
-	return kb
-}
-
-// tryMetric is metric for a server that may not answer at once: it reports false
-// instead of failing the test.
-func tryMetric(adminURL, key string) (float64, bool) {
-	samples, err := tryScrape(adminURL)
-	if err != nil {
-		return 0, false
-	}
-	v, ok := samples[key]
-	return v, ok
-}
-
 // running fails the test if the process has exited.
 func (p *serverProcess) running(t *testing.T) {
 	t.Helper()
@@ -91,36 +59,15 @@ func (p *serverProcess) running(t *testing.T) {
 	}
 }
 
-// processBaseline waits until the process holds only want streams again and no more
-// goroutines than before (plus slack for the runtime's own), and returns the leftovers
-// as text for the soak table. fasthttp keeps an idle worker goroutine for 10s, and
-// removes it at the next sweep, so that takes up to 20s after a burst of connections.
-func processBaseline(t *testing.T, p *serverProcess, want int, goroutinesBefore float64) string {
-	t.Helper()
-	var clients, goroutines float64
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		clients, _ = tryMetric(p.adminURL, "sse_streams_open")
-		goroutines, _ = tryMetric(p.adminURL, "go_goroutines")
-		if int(clients) == want && goroutines <= goroutinesBefore+4 {
-			return "none"
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("%v streams and %v goroutines remain, want %d and at most %v", clients, goroutines, want, goroutinesBefore+4)
-			return fmt.Sprintf("%v goroutines", goroutines-goroutinesBefore)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
+	skipShort(t, "about 20 s: a child process run out of file descriptors until its idle connections time out")
 	nofile := scale(512, 10000)
 	// The idle connections must outlive the time it takes to open them all.
 	readTimeout := time.Duration(scale(1, 10)) * time.Second
-	proc := startLimitedProcess(t, nofile, "-interval", "20ms", "-read-timeout", readTimeout.String())
+	proc := startProcessWith(t, processOptions{nofile: nofile}, "-interval", "20ms", "-read-timeout", readTimeout.String())
 	canary := openCanaries(t, proc.url, 2)
-	goroutines := metric(t, proc.adminURL, "go_goroutines")
-	errorsBefore, _ := tryMetric(proc.adminURL, "sse_accept_errors_total")
+	proc.noteGoroutines(t)
+	errorsBefore := metric(t, proc.adminURL, "sse_accept_errors_total")
 	start := time.Now()
 
 	// Idle connections, more than the process can hold: the kernel queues the rest until
@@ -140,8 +87,8 @@ func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
 	})
 	eventually(t, 2*readTimeout+20*time.Second, "the server runs out of file descriptors and says so", func() bool {
 		proc.running(t)
-		n, ok := tryMetric(proc.adminURL, "sse_accept_errors_total")
-		return ok && n > errorsBefore
+		samples, err := tryScrape(proc.adminURL)
+		return err == nil && samples["sse_accept_errors_total"] > errorsBefore
 	})
 	// -read-timeout closes every idle connection, the queued ones once they are accepted.
 	var wg sync.WaitGroup
@@ -162,16 +109,17 @@ func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
 	gaps := canary.check(canaryMaxWait)
 	// New clients are served again.
 	openStream(t, proc.url, nil).next(t)
-	leaks := processBaseline(t, proc, 3, goroutines)
-	errs, _ := tryMetric(proc.adminURL, "sse_accept_errors_total")
+	leaks := expectBaseline(t, proc, 3)
+	errs := metric(t, proc.adminURL, "sse_accept_errors_total")
 	t.Logf("%d idle connections against %d open files: %v accept errors retried, all closed in %s",
 		len(idle), nofile, errs-errorsBefore, time.Since(start).Round(time.Millisecond))
 	record(soakRow{fmt.Sprintf("idle connections over the open-file limit (%d)", nofile), len(idle), time.Since(start), leaks, gaps, 2})
 }
 
 func TestHostile_MaxClientsFitsTheOpenFileLimit(t *testing.T) {
+	t.Parallel()
 	const nofile, margin = 512, 64
-	proc := startLimitedProcess(t, nofile, "-interval", "1h", "-keepalive", "1h")
+	proc := startProcessWith(t, processOptions{nofile: nofile}, "-interval", "1h", "-keepalive", "1h")
 	fitted := nofile - margin
 	if !strings.Contains(proc.logs.String(), "lowering -max-clients") ||
 		!strings.Contains(proc.logs.String(), fmt.Sprintf("max_clients=%d ", fitted)) {
@@ -198,7 +146,7 @@ func TestHostile_MaxClientsFitsTheOpenFileLimit(t *testing.T) {
 	if statuses[http.StatusOK] != fitted || statuses[http.StatusServiceUnavailable] != 20 {
 		t.Errorf("statuses = %v, want %d × 200 and 20 × the overload answer (503)", statuses, fitted)
 	}
-	if n, _ := tryMetric(proc.adminURL, "sse_streams_open"); int(n) != fitted {
+	if n := metric(t, proc.adminURL, "sse_streams_open"); int(n) != fitted {
 		t.Errorf("open streams = %v, want %d", n, fitted)
 	}
 	record(soakRow{"streams over an open-file limit of 512", fitted + 20, time.Since(start), "process kept serving", 0, 0})
@@ -233,6 +181,7 @@ func (l *errListener) Close() error {
 }
 
 func TestConnListener_BacksOffOnTemporaryErrorsUntilClosed(t *testing.T) {
+	t.Parallel()
 	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
 	inner := &errListener{errs: []error{emfile, emfile, emfile, emfile}, closed: make(chan struct{})}
 	acceptErrors := prometheus.NewCounter(prometheus.CounterOpts{Name: "accept_errors_total", Help: "Failed accepts."})
@@ -277,21 +226,29 @@ func TestConnListener_BacksOffOnTemporaryErrorsUntilClosed(t *testing.T) {
 }
 
 func TestHostile_AnnouncedBodyGets413Unread(t *testing.T) {
+	skipShort(t, "about 20 s: 2,000 announced bodies against a child process")
 	proc := startProcess(t, "-interval", "20ms")
 	canary := openCanaries(t, proc.url, 2)
-	goroutines := metric(t, proc.adminURL, "go_goroutines")
-	start := processRSSKB(t, proc.cmd.Process.Pid)
+	proc.noteGoroutines(t)
+	rss := func() int {
+		kb, err := rssKB(proc.cmd.Process.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kb
+	}
+	start := rss()
 	// A first round lets the pools, the worker goroutines and the garbage between two
 	// collections grow to what 50 clients at once need; a second as long must cost
 	// nothing more. Either way nothing near the 4 MiB announced by each.
 	n := scale(1000, 10000)
 	began := time.Now()
 	announceBodies(t, proc.url, n)
-	first := processRSSKB(t, proc.cmd.Process.Pid)
+	first := rss()
 	announceBodies(t, proc.url, n)
 	took := time.Since(began)
 	proc.running(t)
-	second := processRSSKB(t, proc.cmd.Process.Pid)
+	second := rss()
 	t.Logf("%d announced 4 MiB bodies answered 413 in %s; RSS %d KB, then %d KB after %d, %d KB after %d",
 		2*n, took.Round(time.Millisecond), start, first, n, second, 2*n)
 	const marginKB, totalKB = 8 << 10, 64 << 10
@@ -300,7 +257,7 @@ func TestHostile_AnnouncedBodyGets413Unread(t *testing.T) {
 			start, first, n, second, 2*n, marginKB, totalKB)
 	}
 	gaps := canary.check(canaryMaxWait)
-	leaks := processBaseline(t, proc, 2, goroutines)
+	leaks := expectBaseline(t, proc, 2)
 	record(soakRow{fmt.Sprintf("announced 4 MiB bodies (RSS %+d KB)", second-start), 2 * n, took, leaks, gaps, 2})
 }
 
@@ -403,21 +360,15 @@ func streamCostPerStream(t *testing.T, n int, args ...string) float64 {
 	t.Helper()
 	// GOGC=10 keeps the garbage between two collections within a tenth of the live heap,
 	// which the default would let grow as large as the live heap itself.
-	proc := startProcessEnv(t, []string{helperEnv + "=1", "GOGC=10"}, append([]string{"-interval", "1h", "-keepalive", "1h"}, args...)...)
-	heap := func() float64 {
-		v, ok := tryMetric(proc.adminURL, "go_memstats_heap_inuse_bytes")
-		if !ok {
-			t.Fatal("/metrics lacks go_memstats_heap_inuse_bytes")
-		}
-		return v
-	}
+	proc := startProcessWith(t, processOptions{env: []string{"GOGC=10"}}, append([]string{"-interval", "1h", "-keepalive", "1h"}, args...)...)
+	heap := func() float64 { return metric(t, proc.adminURL, "go_memstats_heap_inuse_bytes") }
 	// One stream first, so the pools and the runtime have grown before the baseline.
 	warm := dialRaw(t, proc.url)
 	defer warm.Close()
 	io.WriteString(warm, "GET /sse HTTP/1.1\r\n"+browserHeaders+"\r\n")
 	eventually(t, 5*time.Second, "the first stream is open", func() bool {
-		c, _ := tryMetric(proc.adminURL, "sse_streams_open")
-		return c == 1
+		samples, _ := tryScrape(proc.adminURL)
+		return samples["sse_streams_open"] == 1
 	})
 	before := heap()
 	for range n {
@@ -426,13 +377,15 @@ func streamCostPerStream(t *testing.T, n int, args ...string) float64 {
 		io.WriteString(conn, "GET /sse HTTP/1.1\r\n"+browserHeaders+"\r\n")
 	}
 	eventually(t, 20*time.Second, "every stream is open", func() bool {
-		c, _ := tryMetric(proc.adminURL, "sse_streams_open")
-		return int(c) == n+1
+		samples, _ := tryScrape(proc.adminURL)
+		return int(samples["sse_streams_open"]) == n+1
 	})
 	return (heap() - before) / 1024 / float64(n)
 }
 
 func TestHostile_HeaderLimitCostsOpenStreamsNothing(t *testing.T) {
+	skipShort(t, "two child processes holding 500 streams each")
+	t.Parallel()
 	n := scale(500, 2000)
 	small := streamCostPerStream(t, n, "-max-header-bytes", "4096")
 	big := streamCostPerStream(t, n, "-max-header-bytes", "16384")
@@ -444,6 +397,7 @@ func TestHostile_HeaderLimitCostsOpenStreamsNothing(t *testing.T) {
 }
 
 func TestHostile_IdleAndHalfSentConnectionsDoNotHoldShutdown(t *testing.T) {
+	t.Parallel()
 	// The default timeouts: -read-timeout 10s is longer than -shutdown-timeout 5s.
 	proc := startProcess(t, "-interval", "50ms")
 	stream := dialRaw(t, proc.url)
@@ -552,6 +506,7 @@ func TestHostile_HTTP10GetsACloseDelimitedStream(t *testing.T) {
 }
 
 func TestHostile_HTTP10StreamEndsCleanlyAtShutdown(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "20ms")
 	conn := dialRaw(t, srv.url)
 	defer conn.Close()
@@ -578,13 +533,8 @@ func TestHostile_HTTP10StreamEndsCleanlyAtShutdown(t *testing.T) {
 }
 
 func TestHostile_CurlReadsAnHTTP10Stream(t *testing.T) {
-	curl, err := exec.LookPath("curl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("curl not found (apt-get install curl): %v", err)
-		}
-		t.Skipf("*** SKIPPED: curl not found (apt-get install curl) ***")
-	}
+	t.Parallel()
+	curl := requireTool(t, "", "curl", "curl")
 	srv := startServer(t, "-interval", "5ms", "-max-lifetime", "300ms")
 	out, err := exec.Command(curl, "--http1.0", "-sS", "-N", "--max-time", "10", srv.url+"/sse").CombinedOutput()
 	if err != nil {
@@ -629,6 +579,7 @@ func readHeaderBlock(t *testing.T, reader *bufio.Reader) (string, map[string][]s
 }
 
 func TestHostile_ConnectionCloseGetsOneConnectionHeader(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "5ms")
 	conn := dialRaw(t, srv.url)
 	defer conn.Close()
@@ -708,6 +659,7 @@ func TestHostile_ChurnLogIsBounded(t *testing.T) {
 }
 
 func TestLogLimit_SummarisesWhatItHoldsBack(t *testing.T) {
+	t.Parallel()
 	logs := newLogBuffer()
 	limit := newLogLimit(slog.New(slog.NewTextHandler(logs, nil)), 3, "held back")
 	passed := 0

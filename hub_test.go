@@ -90,6 +90,7 @@ func openTopics(t *testing.T, base, lastID string, topics ...string) (*sseStream
 }
 
 func TestHub_PublishReachesEverySubscriberOfItsTopics(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	a, _ := openTopics(t, srv.url, "", "orders/42")
 	b, _ := openTopics(t, srv.url, "", "prices")
@@ -142,6 +143,7 @@ func idSeq(t testing.TB, id string) uint64 {
 }
 
 func TestPublish_RefusesBadBodiesAndKeepsServing(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	tests := []struct {
 		name   string
@@ -179,6 +181,7 @@ func TestPublish_RefusesBadBodiesAndKeepsServing(t *testing.T) {
 }
 
 func TestPublish_DeliversDataExactly(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	s, _ := openTopics(t, srv.url, "", "exact")
 	eventually(t, 5*time.Second, "the subscriber", func() bool { return metric(t, srv.adminURL, "sse_hub_subscribers") == 1 })
@@ -214,6 +217,7 @@ func TestPublish_DeliversDataExactly(t *testing.T) {
 }
 
 func TestSubscribe_RefusesBadTopicsWithTheRule(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	many := make([]string, maxTopics+1)
 	for i := range many {
@@ -242,6 +246,7 @@ func TestSubscribe_RefusesBadTopicsWithTheRule(t *testing.T) {
 }
 
 func TestHub_ResumesExactlyAfterLastEventID(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	var ids []string
 	for i := range 6 {
@@ -279,6 +284,7 @@ func TestHub_ResumesExactlyAfterLastEventID(t *testing.T) {
 }
 
 func TestHub_ResetWhenItCannotResume(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-history", "3")
 	var ids []string
 	for i := range 10 {
@@ -323,6 +329,7 @@ func TestHub_ResetWhenItCannotResume(t *testing.T) {
 }
 
 func TestHub_HistoryForgetsEventsOlderThanItsAge(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-history-age", "300ms")
 	first := publishEvent(t, srv.adminURL, "t", "", 1)
 	publishEvent(t, srv.adminURL, "t", "", 2)
@@ -336,6 +343,7 @@ func TestHub_HistoryForgetsEventsOlderThanItsAge(t *testing.T) {
 }
 
 func TestHub_SlowSubscriberIsEndedAndResumesWithoutLoss(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-subscriber-queue", "8", "-send-buffer", "4096", "-write-timeout", "30s", "-retry", "10ms", "-retry-spread", "0")
 	// The slow one: a raw connection with a small receive buffer that reads nothing.
 	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.url, "http://"))
@@ -533,14 +541,6 @@ func firstDifference(a, b []string) int {
 	return min(len(a), len(b))
 }
 
-// skipShort skips t under -short, saying what it needs.
-func skipShort(t *testing.T, needs string) {
-	t.Helper()
-	if testing.Short() {
-		t.Skipf("needs %s: skipped under -short", needs)
-	}
-}
-
 func TestPage_TopicChartHasEveryValueAcrossCuts(t *testing.T) {
 	// The server ends every stream after about a second; the browser's own EventSource comes
 	// back after 300ms with its Last-Event-ID, and the values published meanwhile arrive
@@ -703,6 +703,7 @@ func FuzzParsePublish(f *testing.F) {
 }
 
 func TestPublish_NeedsTheTokenWhenOneIsSet(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-publish-token", "s3cret")
 	body := []byte(`{"topic":"a","data":1}`)
 	for _, tt := range []struct {

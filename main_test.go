@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -73,29 +74,34 @@ func runMainProfiled(path string) {
 
 // serverProcess is the command running in a process of its own.
 type serverProcess struct {
-	cmd      *exec.Cmd
-	url      string
-	adminURL string // empty for servers without an admin listener
-	logs     *logBuffer
-	exited   chan struct{}
+	cmd        *exec.Cmd
+	url        string
+	adminURL   string // empty for servers without an admin listener
+	logs       *logBuffer
+	exited     chan struct{}
+	goroutines int // what noteGoroutines saw, for expectBaseline
 }
 
 // startProcess starts the command with args (after -addr 127.0.0.1:0) in a new process
 // with an empty environment, waits until it listens, and kills it if the test leaves it running.
 func startProcess(t testing.TB, args ...string) *serverProcess {
 	t.Helper()
-	return startProcessAs(t, helperEnv+"=1", args...)
+	return startProcessWith(t, processOptions{}, args...)
 }
 
-// startProcessAs is startProcess with env choosing what the process serves.
-func startProcessAs(t testing.TB, env string, args ...string) *serverProcess {
-	t.Helper()
-	return startProcessEnv(t, []string{env}, args...)
+// processOptions are what a test sets on a server process besides its flags.
+type processOptions struct {
+	env    []string // added to the process's otherwise empty environment
+	nofile int      // its open-file limit (RLIMIT_NOFILE), when not 0
 }
 
-// startProcessEnv is startProcess with env added to the process's environment.
-func startProcessEnv(t testing.TB, env []string, args ...string) *serverProcess {
+// startProcessWith is startProcess with opts.
+func startProcessWith(t testing.TB, opts processOptions, args ...string) *serverProcess {
 	t.Helper()
+	env := append([]string{helperEnv + "=1"}, opts.env...)
+	if opts.nofile != 0 {
+		env = append(env, openFilesEnv+"="+strconv.Itoa(opts.nofile))
+	}
 	logs := newLogBuffer()
 	cmd := exec.Command(os.Args[0], append([]string{"-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, args...)...)
 	// GORACE: a race-enabled binary otherwise sleeps a second before it exits, which
@@ -174,7 +180,7 @@ func scrape(t testing.TB, adminURL string) map[string]float64 {
 // tryScrape is scrape for a server that may not answer at once: it returns the error
 // instead of failing the test.
 func tryScrape(adminURL string) (map[string]float64, error) {
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(adminURL + "/metrics")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(adminURL + "/metrics")
 	if err != nil {
 		return nil, fmt.Errorf("GET /metrics: %w", err)
 	}
@@ -350,12 +356,24 @@ func (l *logBuffer) waitFor(t testing.TB, re *regexp.Regexp, within time.Duratio
 	}
 }
 
+// skipShort skips the test under go test -short (make check), saying in one line what it
+// needs that the fast loop does not give it: an external program, a process of its own,
+// or more than a few seconds.
+func skipShort(t *testing.T, needs string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("-short: needs %s", needs)
+	}
+}
+
 // requireTool returns the path of an external program a test needs: $env if env names a
 // variable that is set, else name on $PATH or in /usr/sbin, /sbin or /usr/bin. Without it
 // the test is skipped, loudly, or fails when CI=true, because CI must run every test;
-// .ci/run installs the Debian package pkg.
+// .ci/run installs the Debian package pkg. Under -short it skips at once, since the fast
+// loop runs no external program.
 func requireTool(t *testing.T, env, name, pkg string) string {
 	t.Helper()
+	skipShort(t, name)
 	if env != "" {
 		if p := os.Getenv(env); p != "" {
 			path, err := exec.LookPath(p)
@@ -380,6 +398,22 @@ func requireTool(t *testing.T, env, name, pkg string) string {
 	t.Skipf("SKIPPING %s: %s. Install it with `apt-get install %s`.", t.Name(), missing, pkg)
 	return ""
 }
+
+// rssKB returns the resident memory (VmRSS) of the process pid in KB.
+func rssKB(pid int) (int, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read the resident memory of process %d: %w", pid, err)
+	}
+	m := vmRSS.FindSubmatch(status)
+	if m == nil {
+		return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	}
+	return strconv.Atoi(string(m[1]))
+}
+
+// vmRSS finds the resident memory in a /proc/<pid>/status file.
+var vmRSS = regexp.MustCompile(`VmRSS:\s+(\d+) kB`)
 
 // eventually polls cond every 10ms until it holds, failing the test after within.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
@@ -416,6 +450,7 @@ func goroutinesIn(fn any) int {
 }
 
 func TestRun_StopsWhenCancelledAsSoonAsItListens(t *testing.T) {
+	t.Parallel()
 	// A cancellation can come before Serve has taken the listener.
 	for i := range 20 {
 		logs := newLogBuffer()
@@ -438,6 +473,7 @@ func TestRun_StopsWhenCancelledAsSoonAsItListens(t *testing.T) {
 }
 
 func TestRun_RefusesBusyAddress(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -450,6 +486,7 @@ func TestRun_RefusesBusyAddress(t *testing.T) {
 }
 
 func TestRoutes_StatusCodes(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	tests := []struct {
 		method, path string
@@ -486,6 +523,7 @@ func TestRoutes_StatusCodes(t *testing.T) {
 }
 
 func TestRoutes_PageIsEmbeddedWithStrictHeaders(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	resp, body := srv.get(t, http.MethodGet, "/", nil)
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
@@ -513,6 +551,7 @@ func TestRoutes_PageIsEmbeddedWithStrictHeaders(t *testing.T) {
 }
 
 func TestRoutes_PageSourcesInCSPAndPage(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, sources, connectSrc, meta string
 	}{

@@ -38,6 +38,7 @@ func readAll(t *testing.T, s *sseStream) []frame {
 }
 
 func TestMetrics_CountExactlyWhatTheWireCarried(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "10ms", "-keepalive", "1h", "-max-lifetime", "400ms", "-max-clients", "1")
 	before := scrape(t, srv.adminURL)
 
@@ -106,6 +107,7 @@ func TestMetrics_CountExactlyWhatTheWireCarried(t *testing.T) {
 }
 
 func TestMetrics_CountKeepalives(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "1h", "-keepalive", "50ms", "-max-lifetime", "400ms")
 	before := scrape(t, srv.adminURL)
 	keepalives := 0
@@ -124,6 +126,7 @@ func TestMetrics_CountKeepalives(t *testing.T) {
 }
 
 func TestMetrics_CountShutdownEnds(t *testing.T) {
+	t.Parallel()
 	cfg, err := parseConfig([]string{"-interval", "1h", "-keepalive", "1h"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -155,6 +158,7 @@ func TestMetrics_CountShutdownEnds(t *testing.T) {
 }
 
 func TestMetrics_RuntimeProcessAndBuildInfo(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	m := scrape(t, srv.adminURL)
 	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "process_open_fds"} {
@@ -172,6 +176,7 @@ func TestMetrics_RuntimeProcessAndBuildInfo(t *testing.T) {
 }
 
 func TestAdmin_OperatorRoutesOnlyOnTheAdminListener(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t)
 	for _, path := range []string{"/metrics", "/debug/vars", "/debug/pprof/", "/debug/pprof/goroutine?debug=1"} {
 		if resp, _ := srv.get(t, http.MethodGet, path, nil); resp.StatusCode != http.StatusNotFound {
@@ -196,6 +201,7 @@ func TestAdmin_OperatorRoutesOnlyOnTheAdminListener(t *testing.T) {
 }
 
 func TestAdmin_EmptyAddressTurnsItOff(t *testing.T) {
+	t.Parallel()
 	logs := newLogBuffer()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -213,7 +219,8 @@ func TestAdmin_EmptyAddressTurnsItOff(t *testing.T) {
 }
 
 func TestReadyz_AnswersServiceUnavailableOnceShutdownStarts(t *testing.T) {
-	proc := startProcess(t, "-interval", "20ms", "-shutdown-delay", "3s")
+	t.Parallel()
+	proc := startProcess(t, "-interval", "20ms", "-shutdown-delay", "1s")
 	get := func() int {
 		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(proc.url + "/readyz")
 		if err != nil {
@@ -236,13 +243,14 @@ func TestReadyz_AnswersServiceUnavailableOnceShutdownStarts(t *testing.T) {
 	for range 3 {
 		stream.nextEvent(t)
 	}
-	proc.wait(t, 3*time.Second+5*time.Second)
+	proc.wait(t, time.Second+5*time.Second)
 	if code := proc.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("exit code = %d, want 0", code)
 	}
 }
 
 func TestLog_JSONFormatHasTheSameFields(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-log-format", "json", "-interval", "5ms", "-max-lifetime", "100ms")
 	readAll(t, openStream(t, srv.url, nil))
 	eventually(t, 5*time.Second, "the stream's end is logged", func() bool {
@@ -272,6 +280,8 @@ func TestLog_JSONFormatHasTheSameFields(t *testing.T) {
 }
 
 func TestVersion_PrintsTheRevision(t *testing.T) {
+	skipShort(t, "go build and git, which take seconds")
+	t.Parallel()
 	bin := filepath.Join(t.TempDir(), "sse-dashboard")
 	// -buildvcs=true, because GOFLAGS may turn the stamp off.
 	if out, err := exec.Command("go", "build", "-buildvcs=true", "-o", bin, ".").CombinedOutput(); err != nil {

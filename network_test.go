@@ -215,6 +215,7 @@ func receiveQueue(t *testing.T, conn *net.TCPConn) int {
 }
 
 func TestFault_StalledReaderIsDroppedAtAnyRate(t *testing.T) {
+	skipShort(t, "about 15 s for a receive window to shut at ten events a second")
 	const (
 		deadAfter = 2 * time.Second
 		interval  = 100 * time.Millisecond
@@ -225,23 +226,8 @@ func TestFault_StalledReaderIsDroppedAtAnyRate(t *testing.T) {
 	)
 	srv := startServer(t, "-interval", interval.String(), "-dead-client-timeout", deadAfter.String())
 	canary := openCanaries(t, srv.url, 3)
-	// A small receive buffer, set before connecting so that the window is small from the
-	// start: the stall shows within seconds even at ten small events a second.
-	dialer := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) {
-			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-	}}
-	c, err := dialer.Dial("tcp", strings.TrimPrefix(srv.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn := c.(*net.TCPConn)
-	defer conn.Close()
 	start := time.Now()
-	if _, err := io.WriteString(conn, streamRequest); err != nil {
-		t.Fatal(err)
-	}
+	conn := dialStalled(t, srv.url)
 	eventually(t, 10*time.Second, "the stalled reader's stream is open", func() bool { return srv.healthClients(t) == 4 })
 	// The client never reads. Its receive queue grows until its window is shut; from
 	// then on the server's data waits in its own send buffer.
@@ -294,6 +280,7 @@ type refusedThenServed struct {
 }
 
 func TestNetwork_RefusedEventSourceReconnectsByItself(t *testing.T) {
+	t.Parallel()
 	// A Go client that follows the HTML standard's reconnection rules, as the npm
 	// eventsource package does: it honours retry:, resends Last-Event-ID, and reconnects
 	// after a clean end.
@@ -466,6 +453,7 @@ es.onmessage = (e) => { window.log.push("message " + e.lastEventId); };
 }
 
 func TestNetwork_MaxLifetimeEndsAreSpread(t *testing.T) {
+	t.Parallel()
 	const (
 		streams  = 200
 		lifetime = 2 * time.Second
@@ -545,6 +533,7 @@ func TestNetwork_MaxLifetimeEndsAreSpread(t *testing.T) {
 }
 
 func TestNetwork_ShutdownSpreadsReconnects(t *testing.T) {
+	t.Parallel()
 	const (
 		streams = 200
 		retry   = time.Second

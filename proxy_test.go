@@ -452,7 +452,7 @@ func (f *followers) check(t *testing.T, maxWait time.Duration) []time.Duration {
 		broken []string
 	}{
 		{"want none to give up", failed},
-		{"want each id one more than the last, across reconnects too", gapped},
+		{"want each id one more than the last, across reconnects too (the count goes on from Last-Event-ID)", gapped},
 		{"want a replica every time one was up, never nginx's own answer", fellBack},
 		{fmt.Sprintf("want no wait for an event over %s", maxWait), slow},
 	} {
@@ -627,6 +627,7 @@ func (s *timedStream) snapshot() timedStream {
 }
 
 func TestProxy_StreamsEventsUnbuffered(t *testing.T) {
+	skipShort(t, "nginx")
 	const interval, events = 100 * time.Millisecond, 30
 	r := startReplica(t, "-interval", interval.String())
 	tap := startTap(t, r.addr)
@@ -670,6 +671,7 @@ func TestProxy_StreamsEventsUnbuffered(t *testing.T) {
 }
 
 func TestProxy_ServesOnlyThePublicRoutes(t *testing.T) {
+	skipShort(t, "nginx")
 	r := startReplica(t, "-interval", "100ms", "-retry", "200ms")
 	p := startNginx(t, []string{r.addr})
 
@@ -738,6 +740,7 @@ func TestProxy_ServesOnlyThePublicRoutes(t *testing.T) {
 }
 
 func TestProxy_BrowserOpensTwelveStreamsOverHTTP2(t *testing.T) {
+	skipShort(t, "nginx")
 	const streams = 12
 	r := startReplica(t, "-interval", "100ms")
 	p := startNginx(t, []string{r.addr})
@@ -800,7 +803,13 @@ func TestProxy_BrowserOpensTwelveStreamsOverHTTP2(t *testing.T) {
 		got.Protocol, receiving, streams, stalled, got.Events)
 }
 
-func TestProxy_RollingRestartLosesNoEvent(t *testing.T) {
+// TestProxy_RollingRestartContinuesIdsAfterAShortWait restarts both replicas in turn under
+// 200 clients and measures what a client of the random stream lives through: the longest
+// wait for an event, and ids that go on from its Last-Event-ID on the other replica. Those
+// ids only continue a count: the random stream replays nothing, and the values of the gap
+// were never produced. Delivery of every event across a reconnect is what topics are for.
+func TestProxy_RollingRestartContinuesIdsAfterAShortWait(t *testing.T) {
+	skipShort(t, "nginx")
 	const clients, interval, retry = 200, 200 * time.Millisecond, time.Second
 	args := []string{"-interval", interval.String(), "-retry", retry.String()}
 	replicas := []*replica{startReplica(t, args...), startReplica(t, args...)}
@@ -826,7 +835,7 @@ func TestProxy_RollingRestartLosesNoEvent(t *testing.T) {
 		}
 	}
 	t.Logf("rolling restart of 2 replicas, %d clients over HTTP/2 through nginx, -interval %s -retry %s: %d clients reconnected; "+
-		"longest wait for an event per client: median %s, p99 %s, max %s; no id lost or repeated",
+		"longest wait for an event per client: median %s, p99 %s, max %s; every client's ids went on from its Last-Event-ID",
 		clients, interval, retry, moved, quantile(waits, 0.5).Round(time.Millisecond), quantile(waits, 0.99).Round(time.Millisecond),
 		waits[len(waits)-1].Round(time.Millisecond))
 	t.Logf("after the restarts, without -max-lifetime: replicas hold %d and %d streams", replicas[0].clients(t), replicas[1].clients(t))
@@ -848,6 +857,7 @@ func rollingRestart(t *testing.T, f *followers, replicas []*replica, settle time
 }
 
 func TestProxy_MaxLifetimeRebalancesAfterRestarts(t *testing.T) {
+	skipShort(t, "nginx")
 	const clients, interval, retry, lifetime = 200, 200 * time.Millisecond, time.Second, 5 * time.Second
 	args := []string{"-interval", interval.String(), "-retry", retry.String(), "-max-lifetime", lifetime.String()}
 	replicas := []*replica{startReplica(t, args...), startReplica(t, args...)}
@@ -869,6 +879,7 @@ func TestProxy_MaxLifetimeRebalancesAfterRestarts(t *testing.T) {
 }
 
 func TestProxy_KeepaliveOutlivesReadTimeout(t *testing.T) {
+	skipShort(t, "nginx")
 	// The shipped timeout is a minute; this test renders 2s, and keepalives 4 times as often,
 	// to see three timeouts pass in a few seconds.
 	const readTimeout, keepalive = 2 * time.Second, 500 * time.Millisecond
@@ -905,6 +916,7 @@ func TestProxy_KeepaliveOutlivesReadTimeout(t *testing.T) {
 }
 
 func TestProxy_ReloadMovesStreamsToNewWorkers(t *testing.T) {
+	skipShort(t, "nginx")
 	// The shipped worker_shutdown_timeout is 10s; this test renders 2s.
 	const clients, interval, retry, shutdown = 20, 100 * time.Millisecond, time.Second, 2 * time.Second
 	r := startReplica(t, "-interval", interval.String(), "-retry", retry.String())

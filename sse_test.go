@@ -10,6 +10,7 @@ import (
 )
 
 func TestAcceptsEventStream(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		accept  []string
@@ -113,6 +114,7 @@ func FuzzParseQValue(f *testing.F) {
 }
 
 func TestNamesEventStream(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		accept []string
 		want   bool

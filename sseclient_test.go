@@ -13,11 +13,12 @@ package main
 //     no data still becomes the last event id; a stream that ends mid-event drops that event.
 //
 // Below it, sseStream reads one stream frame by frame, comments and retry: included, for tests
-// that check the bytes on the wire; parseFrames is the parser it uses.
+// that check the bytes on the wire. Both parse with readFrames.
 
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -125,64 +126,46 @@ func (c *sseClient) connect(ctx context.Context) error {
 		c.onOpen(resp)
 	}
 
-	lines := bufio.NewScanner(resp.Body)
-	lines.Split(scanSSELines)
-	var data strings.Builder
-	typ, idBuffer, first := "", c.lastEventID, true
-	for lines.Scan() {
-		line := lines.Text()
-		if first {
-			line, first = strings.TrimPrefix(line, "\uFEFF"), false
+	cut, err := readFrames(resp.Body, func(f frame) {
+		c.apply(f)
+		if f.hasID {
+			c.lastEventID = f.id
 		}
-		switch {
-		case line == "":
-			c.lastEventID = idBuffer
-			if data.Len() > 0 && c.onEvent != nil {
-				ev := sseEvent{id: idBuffer, typ: typ, data: strings.TrimSuffix(data.String(), "\n"), at: time.Now()}
-				if ev.typ == "" {
-					ev.typ = "message"
-				}
-				c.onEvent(ev)
-			}
-			data.Reset()
-			typ = ""
-		case line[0] == ':':
-			if c.onComment != nil {
-				c.onComment(strings.TrimPrefix(line[1:], " "), time.Now())
-			}
-		default:
-			field, value, _ := strings.Cut(line, ":")
-			value = strings.TrimPrefix(value, " ")
-			switch field {
-			case "event":
-				typ = value
-			case "data":
-				data.WriteString(value)
-				data.WriteByte('\n')
-			case "id":
-				if !strings.ContainsRune(value, 0) {
-					idBuffer = value
-				}
-			case "retry":
-				if ms, err := strconv.ParseUint(value, 10, 32); err == nil {
-					c.retry = time.Duration(ms) * time.Millisecond
-				}
-			}
+		if f.isEvent && c.onEvent != nil {
+			typ := cmp.Or(f.event, "message")
+			c.onEvent(sseEvent{id: c.lastEventID, typ: typ, data: f.data, at: time.Now()})
 		}
-	}
-	if err := lines.Err(); err != nil {
+	})
+	c.apply(cut) // an event cut off is not dispatched, but its retry: and comments count
+	if err != nil {
 		return fmt.Errorf("read %s: %w", c.url, err)
 	}
 	return nil
 }
 
-// scanSSELines is a bufio.SplitFunc for event streams: a line ends in CRLF, LF or CR, and a
-// last line without its end is dropped, as the standard drops an event cut off mid-way.
+// apply takes what a frame says to the client besides its event: the reconnection time
+// and the comments.
+func (c *sseClient) apply(f frame) {
+	if ms, err := strconv.ParseUint(f.retry, 10, 32); err == nil {
+		c.retry = time.Duration(ms) * time.Millisecond
+	}
+	if c.onComment != nil {
+		for _, text := range f.comments {
+			c.onComment(text, time.Now())
+		}
+	}
+}
+
+// scanSSELines is a bufio.SplitFunc for event streams: a line ends in CRLF, LF or CR. A last
+// line without its end is returned too, so that a test sees it; it ends no frame, so the
+// event it belongs to is never dispatched, as the standard drops an event cut off mid-way.
 func scanSSELines(data []byte, atEOF bool) (advance int, token []byte, err error) {
 	i := bytes.IndexAny(data, "\r\n")
 	switch {
+	case i < 0 && atEOF && len(data) > 0:
+		return len(data), data, nil
 	case i < 0:
-		return 0, nil, nil // more data, or at EOF an unfinished line to drop
+		return 0, nil, nil // more data
 	case data[i] == '\n':
 		return i + 1, data[:i], nil
 	case i+1 < len(data):
@@ -198,6 +181,7 @@ func scanSSELines(data []byte, atEOF bool) (advance int, token []byte, err error
 }
 
 func TestSSEClient_FollowsTheStandard(t *testing.T) {
+	t.Parallel()
 	// Each request gets the next answer: a stream with every kind of line end, then a stream
 	// cut off mid-event, then a status an EventSource gives up on.
 	answers := []string{
@@ -364,61 +348,70 @@ type frame struct {
 	event    string
 	retry    string
 	comments []string
+	started  bool // a line other than the blank one was read
 }
 
-// parseFrames parses an SSE byte stream as the HTML standard describes (lines end in
-// CRLF, LF or CR), returning one frame per blank line; a trailing unterminated block is
-// returned too, so a test can see it.
-func parseFrames(b []byte) []frame {
-	var frames []frame
+// readFrames parses the event stream r as the HTML standard describes, calling each with
+// every frame that a blank line ends, until r ends; it returns the block cut off at the end
+// (empty if none was), and the read error, nil at a clean end. A byte order mark before the
+// first line is not part of it.
+func readFrames(r io.Reader, each func(frame)) (cut frame, err error) {
+	lines := bufio.NewScanner(r)
+	lines.Buffer(make([]byte, 4096), 1<<20)
+	lines.Split(scanSSELines)
 	var cur frame
-	var data strings.Builder
-	var started bool
-	for len(b) > 0 {
-		i := bytes.IndexAny(b, "\r\n")
-		line := b
-		rest := []byte(nil)
-		if i >= 0 {
-			line = b[:i]
-			rest = b[i+1:]
-			if b[i] == '\r' && len(rest) > 0 && rest[0] == '\n' {
-				rest = rest[1:]
-			}
+	for first := true; lines.Scan(); first = false {
+		line := lines.Text()
+		if first {
+			line = strings.TrimPrefix(line, "\uFEFF")
 		}
-		b = rest
-		if len(line) == 0 {
-			if cur.isEvent {
-				cur.data = strings.TrimSuffix(data.String(), "\n")
-			}
-			frames = append(frames, cur)
-			cur, started = frame{}, false
-			data.Reset()
-			continue
-		}
-		started = true
-		if line[0] == ':' {
-			cur.comments = append(cur.comments, strings.TrimPrefix(string(line[1:]), " "))
-			continue
-		}
-		field, value, _ := strings.Cut(string(line), ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "data":
-			cur.isEvent = true
-			data.WriteString(value)
-			data.WriteByte('\n')
-		case "id":
-			if !strings.ContainsRune(value, 0) {
-				cur.id, cur.hasID = value, true
-			}
-		case "event":
-			cur.event = value
-		case "retry":
-			cur.retry = value
+		if cur.add(line) {
+			each(cur)
+			cur = frame{}
 		}
 	}
-	if started {
-		frames = append(frames, cur)
+	return cur, lines.Err()
+}
+
+// add adds one line of an event stream, without its end, to f, and reports whether it was
+// the blank line that ends the frame.
+func (f *frame) add(line string) (ended bool) {
+	if line == "" {
+		return true
+	}
+	f.started = true
+	if line[0] == ':' {
+		f.comments = append(f.comments, strings.TrimPrefix(line[1:], " "))
+		return false
+	}
+	field, value, _ := strings.Cut(line, ":")
+	value = strings.TrimPrefix(value, " ")
+	switch field {
+	case "data":
+		if f.isEvent {
+			f.data += "\n"
+		}
+		f.isEvent = true
+		f.data += value
+	case "id":
+		if !strings.ContainsRune(value, 0) {
+			f.id, f.hasID = value, true
+		}
+	case "event":
+		f.event = value
+	case "retry":
+		f.retry = value
+	}
+	return false
+}
+
+// parseFrames parses the event stream b with readFrames, returning one frame per blank line
+// and, so that a test can see it, the block cut off at the end if there is one.
+func parseFrames(b []byte) []frame {
+	var frames []frame
+	cut, _ := readFrames(bytes.NewReader(b), func(f frame) { frames = append(frames, f) })
+	if cut.started {
+		frames = append(frames, cut)
 	}
 	return frames
 }

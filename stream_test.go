@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -17,6 +15,7 @@ import (
 var eventPattern = regexp.MustCompile(`^id: ([1-9][0-9]*)\ndata: \{"User":(0|[1-9][0-9]*)\}\n\n$`)
 
 func TestStream_FramingIsExact(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "5ms", "-retry", "1500ms")
 	stream := openStream(t, srv.url, nil)
 	if got, want := string(stream.nextRaw(t)), "retry: 1500\n: stream opened\n\n"; got != want {
@@ -39,6 +38,7 @@ func TestStream_FramingIsExact(t *testing.T) {
 }
 
 func TestStream_ManyEventsOnOneConnection(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "2ms")
 	before := metric(t, srv.adminURL, "sse_streams_opened_total")
 	stream := openStream(t, srv.url, nil)
@@ -58,6 +58,7 @@ func TestStream_ManyEventsOnOneConnection(t *testing.T) {
 }
 
 func TestStream_LastEventID(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "5ms")
 	tests := []struct {
 		name, header string
@@ -97,6 +98,7 @@ func TestStream_LastEventID(t *testing.T) {
 }
 
 func TestStream_ResumesAfterLastEventIDQuery(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "5ms")
 	tests := []struct {
 		name, query, header string
@@ -123,6 +125,7 @@ func TestStream_ResumesAfterLastEventIDQuery(t *testing.T) {
 }
 
 func TestStream_KeepaliveWhenIdle(t *testing.T) {
+	t.Parallel()
 	const keepalive = time.Second
 	srv := startServer(t, "-interval", "1h", "-keepalive", keepalive.String())
 	stream := openStream(t, srv.url, nil)
@@ -143,6 +146,7 @@ func TestStream_KeepaliveWhenIdle(t *testing.T) {
 }
 
 func TestStream_KeepaliveOnlyWhenSilent(t *testing.T) {
+	t.Parallel()
 	// A keepalive period far above any scheduling delay: one that came would mean the
 	// server sent it while events were flowing.
 	srv := startServer(t, "-interval", "10ms", "-keepalive", "5s")
@@ -156,23 +160,19 @@ func TestStream_KeepaliveOnlyWhenSilent(t *testing.T) {
 }
 
 func TestStream_MaxLifetimeEndsAndNextResumes(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, "-interval", "10ms", "-max-lifetime", "300ms")
 	stream := openStream(t, srv.url, nil)
 	start := time.Now()
 	var lastID string
 	frames := 0
-	for {
-		line, err := stream.reader.ReadBytes('\n')
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("stream cut with %v, want a clean end", err)
-		}
-		if id, ok := strings.CutPrefix(string(line), "id: "); ok {
-			lastID = strings.TrimSpace(id)
+	if _, err := readFrames(stream.reader, func(f frame) {
+		if f.isEvent {
+			lastID = f.id
 			frames++
 		}
+	}); err != nil {
+		t.Fatalf("stream cut with %v, want a clean end", err)
 	}
 	if took := time.Since(start); took < 250*time.Millisecond || took > 3*time.Second {
 		t.Errorf("stream lasted %s, want about 300ms", took)
@@ -192,7 +192,7 @@ func TestStream_MaxLifetimeEndsAndNextResumes(t *testing.T) {
 }
 
 func TestStream_VanishedClientLeavesNoGoroutines(t *testing.T) {
-	const keepalive = time.Second
+	const keepalive = 500 * time.Millisecond
 	tests := []struct {
 		name string
 		args []string
@@ -246,6 +246,7 @@ func TestStream_VanishedClientLeavesNoGoroutines(t *testing.T) {
 }
 
 func TestStream_VerboseLogsEveryEvent(t *testing.T) {
+	t.Parallel()
 	for _, verbose := range []bool{false, true} {
 		args := []string{"-interval", "5ms"}
 		if verbose {
