@@ -10,8 +10,10 @@ SHELL := bash
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-run: ## serve the dashboard at http://localhost:3000
-	$(GO) run .
+# At a terminal the server gets a process group of its own that holds the terminal (set -m),
+# so Ctrl-C reaches it alone and make ends with the server's exit status.
+run: build ## serve the dashboard at http://localhost:3000
+	@if [ -t 0 ]; then set -m; fi; ./sse-dashboard; exit $$?
 
 build: ## build ./sse-dashboard
 	$(GO) build -buildvcs=true -o sse-dashboard .
