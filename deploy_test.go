@@ -39,7 +39,7 @@ func TestContainer_ImageServesTheStream(t *testing.T) {
 	podman := requireTool(t, "", "podman", "podman")
 	chroot := requireTool(t, "", "chroot", "coreutils")
 	requireRoot(t, "podman image mount and chroot")
-	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
 	builder := containerBuilder(t, ctx, podman)
