@@ -17,8 +17,10 @@ check: ## gofmt, go vet and the fast tests (go test -short), under 20 s: the inn
 	$(GO) vet ./...
 	$(GO) test -short -race -count=1 -parallel 16 ./...
 
-run: ## serve the dashboard at http://localhost:3000
-	$(GO) run .
+# At a terminal the server gets a process group of its own that holds the terminal (set -m),
+# so Ctrl-C reaches it alone and make ends with the server's exit status.
+run: build ## serve the dashboard at http://localhost:3000, with the demo topic dashboard
+	@if [ -t 0 ]; then set -m; fi; ./sse-dashboard -demo-topic dashboard; exit $$?
 
 build: ## build ./sse-dashboard
 	$(GO) build -buildvcs=true -o sse-dashboard .
@@ -28,7 +30,7 @@ build: ## build ./sse-dashboard
 test: lint ## vet, every test with the race detector, then a short fuzz run
 	@test -n "$$CHROME_PATH" || command -v chromium >/dev/null || echo "*** chromium not found: the browser tests will be SKIPPED (apt-get install chromium) ***"
 	@test -n "$$NGINX_PATH" || test -x /usr/sbin/nginx || command -v nginx >/dev/null || echo "*** nginx not found: the proxy tests will be SKIPPED (apt-get install nginx) ***"
-	$(GO) test -race -count=1 -parallel 16 ./... -cut-subscribers=100 -cut-publishes=1000
+	$(GO) test -race -count=1 -parallel 16 -timeout 20m ./... -cut-subscribers=100 -cut-publishes=1000
 	$(GO) test -count=1 -run '^TestHub_ThousandSubscribersCutAtRandomLoseNothing$$' .
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
