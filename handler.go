@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math"
 	"net/http"
@@ -27,7 +28,8 @@ type streamConfig struct {
 }
 
 // shutdown is the SSE handler's own done signal. It works the same under any server: the
-// adaptor's request context ends only at shutdown, and net/http's never does.
+// adaptor's request context ends only at shutdown, and net/http's ends when the client
+// leaves but not when the server shuts down.
 type shutdown struct {
 	done  chan struct{}
 	once  sync.Once
@@ -59,11 +61,13 @@ type sseHandler struct {
 	cfg     streamConfig
 	logger  *slog.Logger
 	metrics *metrics
-	opening []byte       // the first bytes of every stream: the retry delay and a comment
-	endLog  *logLimit    // bounds the lines that say why a stream ended
-	open    atomic.Int64 // streams open now, for MaxClients, /healthz and the metrics
-	stop    shutdown
-	streams sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
+	opening []byte    // the first bytes of every stream: the retry delay and a comment
+	endLog  *logLimit // bounds the lines that say why a stream ended
+	// streamsOpen counts the streams open now, for MaxClients, /healthz and the metrics.
+	// A stream counts from its sse_streams_opened_total to its sse_streams_ended_total.
+	streamsOpen atomic.Int64
+	stop        shutdown
+	streams     sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
 
 	mu      sync.Mutex
 	writers map[*http.ResponseController]struct{} // every open stream's, for Shutdown
@@ -80,7 +84,7 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 		stop:    shutdown{done: make(chan struct{})},
 		writers: make(map[*http.ResponseController]struct{}),
 	}
-	h.metrics = newMetrics(func() float64 { return float64(h.open.Load()) }, cfg.WriteTimeout)
+	h.metrics = newMetrics(func() float64 { return float64(h.streamsOpen.Load()) }, cfg.WriteTimeout)
 	return h
 }
 
@@ -113,10 +117,30 @@ func (h *sseHandler) Wait(ctx context.Context) error {
 	}
 }
 
-// Clients returns the number of streams open now.
-func (h *sseHandler) Clients() int64 {
-	return h.open.Load()
+// StreamsOpen returns the number of streams open now: what /healthz reports as
+// streams_open and the metrics as sse_streams_open.
+func (h *sseHandler) StreamsOpen() int64 {
+	return h.streamsOpen.Load()
 }
+
+// admit takes a place among MaxClients for a new stream, or reports that there is none.
+// The count never goes above MaxClients, not even for a moment, so that nothing that reads
+// it sees more streams than are allowed.
+func (h *sseHandler) admit() bool {
+	for {
+		n := h.streamsOpen.Load()
+		if n >= int64(h.cfg.MaxClients) {
+			return false
+		}
+		if h.streamsOpen.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// errPanicked is the error a stream ends with when its handler panics; recoverStream logs
+// the panic itself.
+var errPanicked = errors.New("the stream's handler panicked")
 
 // ServeHTTP checks the request, takes a place among MaxClients, and streams until the
 // client goes, the server shuts down, or the stream reaches MaxLifetime.
@@ -137,20 +161,29 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	if h.open.Add(1) > int64(h.cfg.MaxClients) {
-		h.open.Add(-1)
+	if !h.admit() {
 		h.metrics.rejected[rejectMaxClients].Inc()
 		h.refuse(w, r)
 		return
 	}
 	h.streams.Add(1)
-	defer h.streams.Done()
-	defer h.open.Add(-1)
-	setStreamHeaders(header)
-
 	h.metrics.opened.Inc()
 	client := newClient(r.RemoteAddr, h.cfg.Buffer)
 	lastID, resumed := resumeID(r)
+	s := stream{
+		cfg:    &h.cfg,
+		stop:   &h.stop,
+		m:      h.metrics,
+		name:   client.name,
+		nextID: lastID + 1,
+		lastID: lastID,
+	}
+	// However the stream ends, a panic and a failed take-over included, its end is counted
+	// and its place given back, so that opened - ended is the streams open at every moment.
+	start := time.Now()
+	reason, err := endError, errPanicked
+	defer func() { h.ended(&s, reason, err, time.Since(start)) }()
+	setStreamHeaders(header)
 	h.logger.Debug("client connected", "client", client.name, "last_event_id", lastID, "resumed", resumed)
 
 	// The producer gets a context of its own: deriving one from r.Context() would cost
@@ -159,24 +192,14 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer stopProducer()
 	go produce(ctx, client.events, h.cfg.Interval)
 
-	rc := http.NewResponseController(w)
+	s.w, s.rc = w, http.NewResponseController(w)
 	if !r.ProtoAtLeast(1, 1) {
-		cd := h.closeDelimited(rc, header, client.name)
-		if cd == nil {
+		var cd *closeDelimited
+		if cd, err = hijackCloseDelimited(s.rc, header); err != nil {
 			return
 		}
 		defer cd.Close()
-		w, rc = cd, http.NewResponseController(cd)
-	}
-	s := stream{
-		w:      w,
-		rc:     rc,
-		cfg:    &h.cfg,
-		stop:   &h.stop,
-		m:      h.metrics,
-		name:   client.name,
-		nextID: lastID + 1,
-		lastID: lastID,
+		s.w, s.rc = cd, http.NewResponseController(cd)
 	}
 	if h.logger.Enabled(ctx, slog.LevelDebug) {
 		s.logger = h.logger
@@ -189,32 +212,18 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		delete(h.writers, s.rc)
 		h.mu.Unlock()
 	}()
-	start := time.Now()
-	reason, err := s.run(h.opening, client.events, r.Context().Done())
-	h.ended(&s, reason, err, time.Since(start))
+	reason, err = s.run(h.opening, client.events, r.Context().Done())
 }
 
-// closeDelimited takes over an HTTP/1.0 client's connection, which has no chunked framing
-// (the only one fasthttp gives a stream), and returns the writer of a close-delimited
-// stream on it, or nil if it cannot. It is a function of its own so that ServeHTTP's stack
-// frame, which every open stream keeps, stays small.
-//
-//go:noinline
-func (h *sseHandler) closeDelimited(rc *http.ResponseController, header http.Header, client string) *closeDelimited {
-	cd, err := hijackCloseDelimited(rc, header)
-	if err != nil {
-		h.logger.Warn("HTTP/1.0 stream not opened", "client", client, "error", err.Error())
-		return nil
-	}
-	return cd
-}
-
-// ended counts and logs, within the log rate, why the stream s ended and how long it lasted.
-// It is a function of its own for the same reason as closeDelimited.
+// ended counts the end of the stream s and gives its place back, then logs, within the log
+// rate, why it ended and how long it lasted, and lets Wait know. It is a function of its
+// own so that ServeHTTP's stack frame, which every open stream keeps, stays small.
 //
 //go:noinline
 func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.Duration) {
+	defer h.streams.Done()
 	h.metrics.ended[reason].Inc()
+	h.streamsOpen.Add(-1)
 	h.metrics.streamLength.Observe(lasted.Seconds())
 	if !h.endLog.allow(string(reason)) {
 		return

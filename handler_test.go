@@ -3,13 +3,17 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -103,7 +107,7 @@ func TestHandler_ShutdownEndsStreamsUnderNetHTTP(t *testing.T) {
 	if err := h.Wait(ctx); err != nil {
 		t.Fatalf("Wait after Shutdown = %v, want every stream ended", err)
 	}
-	if got := h.Clients(); got != 0 {
+	if got := h.StreamsOpen(); got != 0 {
 		t.Errorf("%d streams open after Shutdown, want 0", got)
 	}
 }
@@ -151,4 +155,138 @@ func TestHandler_AnswersOverMaxClients(t *testing.T) {
 	first.close()
 	eventually(t, 20*time.Second, "the closed stream frees its place", func() bool { return srv.healthClients(t) < 2 })
 	openStream(t, srv.url, http.Header{"Accept": {"text/event-stream"}}).nextEvent(t)
+}
+
+// hidesHijack is a net/http middleware's writer that cannot take a connection over, as
+// many logging and compressing writers are: it has no Hijack and no Unwrap.
+type hidesHijack struct{ http.ResponseWriter }
+
+// panicsOnWrite is a net/http middleware's writer whose Write panics, as a broken one may.
+type panicsOnWrite struct{ http.ResponseWriter }
+
+func (w panicsOnWrite) Write([]byte) (int, error) { panic("write panicked") }
+
+func (w panicsOnWrite) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func TestHandler_OpenedMinusEndedIsOpenAfterEveryFailure(t *testing.T) {
+	cfg, err := parseConfig([]string{"-interval", "1h", "-keepalive", "1h"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := handleSSE(cfg.stream, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	wrap := map[string]func(http.ResponseWriter) http.ResponseWriter{
+		"/plain":          func(w http.ResponseWriter) http.ResponseWriter { return w },
+		"/cannot-hijack":  func(w http.ResponseWriter) http.ResponseWriter { return hidesHijack{w} },
+		"/panics-writing": func(w http.ResponseWriter) http.ResponseWriter { return panicsOnWrite{w} },
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(wrap[r.URL.Path](w), r)
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the panic's own report
+	srv.Start()
+	t.Cleanup(srv.Close) // after the stream's own cleanup closes it
+	admin := httptest.NewServer(adminHandler(h.metrics))
+	t.Cleanup(admin.Close)
+
+	balanced := func(what string) {
+		t.Helper()
+		eventually(t, 5*time.Second, what+": opened - ended == open", func() bool {
+			m := scrape(t, admin.URL)
+			ended := 0.0
+			for key, v := range m {
+				if strings.HasPrefix(key, "sse_streams_ended_total{") {
+					ended += v
+				}
+			}
+			return m["sse_streams_opened_total"]-ended == m["sse_streams_open"]
+		})
+	}
+	open := openStreamAt(t, srv.URL+"/plain", nil)
+	open.next(t)
+	balanced("one stream open")
+
+	// An HTTP/1.0 request needs the take-over; an HTTP/1.1 one writes through the writer.
+	for _, request := range []string{"GET /cannot-hijack HTTP/1.0\r\nHost: x\r\n\r\n", "GET /panics-writing HTTP/1.1\r\nHost: x\r\n\r\n"} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(conn, request)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, conn); err != nil {
+			t.Errorf("%q: %v, want the server to close the connection", request, err)
+		}
+		conn.Close()
+		balanced(strings.Fields(request)[1])
+	}
+	if got := metric(t, admin.URL, "sse_streams_open"); got != 1 {
+		t.Errorf("sse_streams_open = %v after two failed streams beside one open, want 1", got)
+	}
+}
+
+func TestHandler_StreamsOpenNeverExceedsMaxClients(t *testing.T) {
+	cfg, err := parseConfig([]string{"-interval", "1h", "-keepalive", "1h", "-max-clients", "1"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := handleSSE(cfg.stream, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close) // after the stream's own cleanup closes it
+	openStreamAt(t, srv.URL, nil).next(t)
+
+	var highest atomic.Int64
+	done := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if n := h.StreamsOpen(); n > highest.Load() {
+				highest.Store(n)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 5 * time.Second}
+	for range 4 {
+		wg.Go(func() {
+			for range 100 {
+				resp, err := client.Get(srv.URL)
+				if err != nil {
+					t.Errorf("GET over -max-clients: %v", err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusServiceUnavailable {
+					t.Errorf("GET over -max-clients = %d, want 503", resp.StatusCode)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(done)
+	<-watched
+	if got := highest.Load(); got > 1 {
+		t.Errorf("streams open read %d at -max-clients 1 while 400 requests were turned away, want never above 1", got)
+	}
+}
+
+func TestHandler_HealthReportsStreamsOpen(t *testing.T) {
+	srv := startServer(t)
+	openStream(t, srv.url, nil).next(t)
+	_, body := srv.get(t, http.MethodGet, "/healthz", nil)
+	var got map[string]any
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatalf("GET /healthz = %q: %v", body, err)
+	}
+	want := map[string]any{"status": "ok", "streams_open": 1.0}
+	if len(got) != len(want) || got["status"] != want["status"] || got["streams_open"] != want["streams_open"] {
+		t.Errorf("GET /healthz = %s, want %v: the number sse_streams_open counts, under the same name", body, want)
+	}
 }

@@ -133,12 +133,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	ready.Store(false)
 	if cfg.shutdownDelay > 0 {
-		logger.Info("draining", "open_streams", streams.Clients(), "for", cfg.shutdownDelay)
+		logger.Info("draining", "open_streams", streams.StreamsOpen(), "for", cfg.shutdownDelay)
 		time.Sleep(cfg.shutdownDelay)
 	}
 	start := time.Now()
 	deadline := start.Add(cfg.shutdownTimeout)
-	logger.Info("shutting down", "open_streams", streams.Clients())
+	logger.Info("shutting down", "open_streams", streams.StreamsOpen())
 	// A write that a stalled client blocks would wait out its own deadline: give it half
 	// the shutdown time at most.
 	streams.Shutdown(start.Add(min(cfg.stream.WriteTimeout, cfg.shutdownTimeout/2)))
@@ -152,7 +152,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		shutdownErr = err
 	}
 	if shutdownErr != nil {
-		return fmt.Errorf("shutdown after %s with %d streams open: %w", cfg.shutdownTimeout, streams.Clients(), shutdownErr)
+		return fmt.Errorf("shutdown after %s with %d streams open: %w", cfg.shutdownTimeout, streams.StreamsOpen(), shutdownErr)
 	}
 	if err := <-served; err != nil {
 		return fmt.Errorf("serve on %s: %w", ln.Addr(), err)
@@ -310,17 +310,17 @@ func handlePreflight(c *fiber.Ctx) error {
 	return c.SendStatus(fiber.StatusNoContent)
 }
 
-// health is the body of /healthz.
+// health is the body of /healthz. StreamsOpen is the number sse_streams_open reports.
 type health struct {
-	Status  string `json:"status"`
-	Clients int64  `json:"clients"`
+	Status      string `json:"status"`
+	StreamsOpen int64  `json:"streams_open"`
 }
 
 // handleHealth reports that the server answers and how many streams it holds.
 func handleHealth(streams *sseHandler) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		c.Set("Cache-Control", "no-store")
-		return c.JSON(health{Status: "ok", Clients: streams.Clients()})
+		return c.JSON(health{Status: "ok", StreamsOpen: streams.StreamsOpen()})
 	}
 }
 

@@ -21,6 +21,7 @@ const (
 	endWriteTimeout endReason = "write_timeout" // a write outlasted -write-timeout: the client stopped reading
 	endShutdown     endReason = "shutdown"      // the server is shutting down
 	endMaxLifetime  endReason = "max_lifetime"  // the stream reached -max-lifetime
+	endError        endReason = "error"         // the stream could not go on: its HTTP/1.0 take-over failed, or its handler panicked
 )
 
 // stream is the writing side of one client's connection: reused buffers, the next id, and
@@ -36,11 +37,12 @@ type stream struct {
 
 	keepalive *time.Timer
 	lastWrite time.Time
-	buf       []byte // frames waiting for the next write
-	json      []byte // scratch for one event's data
-	pending   int    // events in buf
-	nextID    uint64 // id of the next event framed
-	lastID    uint64 // id of the last event written
+	buf       []byte      // frames waiting for the next write
+	json      []byte      // scratch for one event's data
+	pending   int         // events in buf
+	logged    []DashBoard // the events in buf, kept only when every event is logged
+	nextID    uint64      // id of the next event framed
+	lastID    uint64      // id of the last event written
 	sent      int
 }
 
@@ -117,12 +119,13 @@ func (s *stream) sayGoodbye() {
 // whyWriteFailed tells why a write failed. Under the adaptor every failure is the same
 // closed pipe, so the reason comes from the shutdown state and the time the write took. A
 // client dropped by -dead-client-timeout counts as gone: the kernel's ETIMEDOUT reaches
-// neither the adaptor's writer nor, under net/http, the request's context.
+// neither the adaptor's writer nor, under net/http, the request's context. The flush of
+// the headers, before any write, has no deadline: when it fails, the client left.
 func (s *stream) whyWriteFailed() endReason {
 	switch {
 	case s.stop.started():
 		return endShutdown
-	case time.Since(s.lastWrite) >= s.cfg.WriteTimeout:
+	case !s.lastWrite.IsZero() && time.Since(s.lastWrite) >= s.cfg.WriteTimeout:
 		return endWriteTimeout
 	default:
 		return endClientGone
@@ -134,18 +137,25 @@ func (s *stream) queue(ev DashBoard) {
 	s.json = ev.AppendJSON(s.json[:0])
 	s.buf = appendEvent(s.buf, s.nextID, s.json)
 	if s.logger != nil {
-		s.logger.Debug("event", "client", s.name, "id", s.nextID, "user", ev.User)
+		s.logged = append(s.logged, ev)
 	}
 	s.nextID++
 	s.pending++
 }
 
-// flushEvents writes the buffered events in one write and counts them.
+// flushEvents writes the buffered events in one write and counts them. When every event is
+// logged, each is logged once the write has succeeded, so the log holds what the client got.
 func (s *stream) flushEvents() error {
 	err := s.write(s.buf)
 	s.buf = s.buf[:0]
+	logged := s.logged
+	s.logged = s.logged[:0]
 	if err != nil {
 		return err
+	}
+	first := s.nextID - uint64(s.pending)
+	for i, ev := range logged {
+		s.logger.Debug("event", "client", s.name, "id", first+uint64(i), "user", ev.User)
 	}
 	s.sent += s.pending
 	s.lastID = s.nextID - 1
