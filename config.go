@@ -8,7 +8,6 @@ import (
 	"math"
 	"net/url"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -52,7 +51,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.DurationVar(&cfg.stream.WriteTimeout, "write-timeout", 10*time.Second, "deadline for each write; a client that stops reading is dropped")
 	fs.IntVar(&cfg.stream.Buffer, "buffer", 10, "events each client's channel holds")
 	fs.IntVar(&cfg.stream.MaxClients, "max-clients", 10000, "open streams allowed at once; more are told to come back later (EventSource by a retry:, others by 503)")
-	fs.DurationVar(&cfg.deadClientAfter, "dead-client-timeout", 30*time.Second, "drop a client that stops acknowledging data, or leaves its receive window shut, for this long (TCP_USER_TIMEOUT; 0 = kernel default, about 15 minutes)")
+	fs.DurationVar(&cfg.deadClientAfter, "dead-client-timeout", 30*time.Second, "drop a client that stops acknowledging data, or leaves its receive window shut, for this long (TCP_USER_TIMEOUT: 1ms or more; 0 = kernel default, about 15 minutes)")
 	fs.IntVar(&cfg.sendBuffer, "send-buffer", 64<<10, "kernel send buffer per connection in bytes, so a stalled reader holds bounded memory (0 = kernel default)")
 	fs.DurationVar(&cfg.readTimeout, "read-timeout", 10*time.Second, "longest time to read a request; closes slow or stuck senders, never a stream")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 60*time.Second, "longest wait for the next request on a keep-alive connection")
@@ -133,8 +132,10 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -retry %s: must be at least 1ms", cfg.stream.Retry)
 	case cfg.stream.RetrySpread < 0:
 		return fmt.Errorf("invalid -retry-spread %s: must be 0 (no spread) or more", cfg.stream.RetrySpread)
-	case cfg.deadClientAfter < 0 || cfg.deadClientAfter > maxDeadClientTimeout:
-		return fmt.Errorf("invalid -dead-client-timeout %s: must be 0 (kernel default) up to %s", cfg.deadClientAfter, maxDeadClientTimeout)
+	case cfg.deadClientAfter < 0 || cfg.deadClientAfter > maxDeadClientTimeout ||
+		cfg.deadClientAfter > 0 && cfg.deadClientAfter < time.Millisecond:
+		// The kernel counts in milliseconds: less than one would be 0, its default.
+		return fmt.Errorf("invalid -dead-client-timeout %s: must be 0 (kernel default) or 1ms up to %s", cfg.deadClientAfter, maxDeadClientTimeout)
 	case cfg.stream.MaxLifetime < 0:
 		return fmt.Errorf("invalid -max-lifetime %s: must be 0 (never) or more", cfg.stream.MaxLifetime)
 	case cfg.stream.Buffer < 1:
@@ -218,28 +219,4 @@ func printUsage(fs *flag.FlagSet, w io.Writer) {
 			fmt.Fprintf(w, "  -%s\n    \t%s\n", f.Name, f.Usage)
 		}
 	})
-}
-
-// fitOpenFiles returns how many streams fit in an open-file limit of limit while keeping
-// margin files for everything else, at most maxClients. Every stream holds a connection,
-// and running out of files would leave new clients waiting in the kernel's queue instead
-// of getting the overload answer.
-func fitOpenFiles(maxClients int, limit uint64, margin int) (int, error) {
-	if limit <= uint64(margin) {
-		return 0, fmt.Errorf("the open-file limit %d leaves no room for streams with -fd-margin %d: raise it (ulimit -n) or lower -fd-margin", limit, margin)
-	}
-	if room := limit - uint64(margin); room < uint64(maxClients) {
-		return int(room), nil
-	}
-	return maxClients, nil
-}
-
-// openFileLimit returns the process's limit on open files. Go raises the soft limit to the
-// hard one at start-up, so this is the most the process can open.
-func openFileLimit() (uint64, error) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, fmt.Errorf("read the open-file limit: %w", err)
-	}
-	return rl.Cur, nil
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"io"
 	"os"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
@@ -73,6 +74,8 @@ func TestConfig_RefusesBadValues(t *testing.T) {
 		{"negative retry spread", []string{"-retry-spread", "-1s"}, nil, "-retry-spread"},
 		{"negative dead client timeout", []string{"-dead-client-timeout", "-1s"}, nil, "-dead-client-timeout"},
 		{"dead client timeout over the kernel's limit", []string{"-dead-client-timeout", "1000h"}, nil, "-dead-client-timeout"},
+		{"dead client timeout under a millisecond", []string{"-dead-client-timeout", "999us"}, nil, "-dead-client-timeout 999µs: must be 0 (kernel default) or 1ms"},
+		{"dead client timeout of a nanosecond in env", nil, map[string]string{"DEAD_CLIENT_TIMEOUT": "1ns"}, "-dead-client-timeout 1ns"},
 		{"not a duration", []string{"-interval", "fast"}, nil, "-interval"},
 		{"unknown flag", []string{"-nope"}, nil, "-nope"},
 		{"stray argument", []string{"extra"}, nil, `"extra"`},
@@ -191,6 +194,20 @@ func TestFitOpenFiles(t *testing.T) {
 		if got != tt.want || (err != nil) != tt.wantErr {
 			t.Errorf("%s: fitOpenFiles(%d, %d, %d) = %d, %v; want %d, error %t",
 				tt.name, tt.maxClients, tt.limit, tt.margin, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestConfig_BuildsOnEveryOS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SKIPPING: cross-compiles the command for three systems, which takes a while with a cold cache")
+	}
+	goTool := requireTool(t, "", "go", "golang-go")
+	for _, goos := range []string{"linux", "darwin", "windows"} {
+		cmd := exec.Command(goTool, "build", "-o", os.DevNull, ".")
+		cmd.Env = append(os.Environ(), "GOOS="+goos, "GOARCH=amd64", "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("GOOS=%s go build: %v\n%s", goos, err, out)
 		}
 	}
 }

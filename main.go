@@ -195,26 +195,6 @@ func version() string {
 	return fmt.Sprintf("sse-dashboard %s revision %s %s %s", info.Main.Version, revision, settings["vcs.time"], info.GoVersion)
 }
 
-// fitMaxClients lowers -max-clients, with a warning, to what the open-file limit can hold
-// beside -fd-margin other files. Lowering rather than refusing to start keeps the default
-// working wherever the limit is low, and clients over the limit get the overload answer.
-func fitMaxClients(cfg *config, logger *slog.Logger) error {
-	limit, err := openFileLimit()
-	if err != nil {
-		return err
-	}
-	fitted, err := fitOpenFiles(cfg.stream.MaxClients, limit, cfg.fdMargin)
-	if err != nil {
-		return err
-	}
-	if fitted < cfg.stream.MaxClients {
-		logger.Warn("lowering -max-clients to fit the open-file limit", "max_clients", fitted,
-			"asked", cfg.stream.MaxClients, "open_file_limit", limit, "fd_margin", cfg.fdMargin)
-		cfg.stream.MaxClients = fitted
-	}
-	return nil
-}
-
 // newApp builds the Fiber app with every public route. It returns the SSE handler, so that
 // callers can read how many streams are open, reach its metrics and shut the streams down.
 // /readyz answers 200 while ready holds.
