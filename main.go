@@ -3,23 +3,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"embed"
 	"errors"
 	"flag"
 	"fmt"
-	"html"
 	"io"
 	"log/slog"
-	"mime"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
-	"path"
 	"runtime/debug"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -28,9 +21,6 @@ import (
 	"github.com/gofiber/fiber/v2"
 	fiberrecover "github.com/gofiber/fiber/v2/middleware/recover"
 )
-
-//go:embed web/index.html web/app.js web/style.css
-var webFiles embed.FS
 
 // main runs the server until SIGINT or SIGTERM, and exits non-zero if it could not.
 func main() {
@@ -101,17 +91,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			logger.Warn("-dead-client-timeout does not work on this system: a client that vanishes without closing its connection stays counted until the kernel gives up (about 15 minutes)", "error", err)
 		}
 	}
-	admin := &http.Server{Handler: adminHandler(streams.metrics), ReadHeaderTimeout: cfg.readTimeout}
-	adminAddr := ""
-	if cfg.adminAddr != "" {
-		adminLn, err := net.Listen("tcp", cfg.adminAddr)
-		if err != nil {
-			return fmt.Errorf("listen on %s (-admin-addr): %w", cfg.adminAddr, err)
-		}
-		adminAddr = adminLn.Addr().String()
-		go admin.Serve(adminLn)
-		defer admin.Close()
+	adminAddr, closeAdmin, err := serveAdmin(cfg, streams.metrics, logger)
+	if err != nil {
+		return err
 	}
+	defer closeAdmin()
 	// Ready once the listener is open: the kernel queues connections until Serve takes them.
 	ready.Store(true)
 	logger.Info("listening", "addr", ln.Addr().String(), "admin_addr", adminAddr, "interval", cfg.stream.Interval,
@@ -229,57 +213,6 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 	return app, streams
 }
 
-// offWorker runs h on a short-lived goroutine and waits for it, then panics again on the
-// calling goroutine if h panicked, so that the recover middleware still answers 500.
-// fasthttp's worker goroutine writes a stream's body for the stream's whole life, and a
-// goroutine's stack, once grown, stays grown while that much of it is in use: converting
-// the request for net/http on the worker would take its stack from 4 to 8 KB for every open
-// stream, while the short-lived goroutine gives that depth back when the handler returns.
-func offWorker(h fiber.Handler) fiber.Handler {
-	return func(c *fiber.Ctx) error {
-		var err error
-		var panicked any
-		done := make(chan struct{})
-		go func() {
-			defer func() {
-				panicked = recover()
-				close(done)
-			}()
-			err = h(c)
-		}()
-		<-done
-		if panicked != nil {
-			panic(panicked)
-		}
-		return err
-	}
-}
-
-// rejectUnknownVersions answers 505 to a request in any HTTP version but 1.x. fasthttp
-// would serve HTTP/0.9 or HTTP/9.9 as if it were HTTP/1.0; a later 1.x is served as 1.1.
-func rejectUnknownVersions(c *fiber.Ctx) error {
-	proto := c.Request().Header.Protocol()
-	if len(proto) != len("HTTP/1.1") || !bytes.HasPrefix(proto, []byte("HTTP/1.")) || proto[7] < '0' || proto[7] > '9' {
-		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
-		return c.Status(fiber.StatusHTTPVersionNotSupported).SendString("505 http version not supported: this server speaks HTTP/1.0 and HTTP/1.1\n")
-	}
-	return c.Next()
-}
-
-// rejectAmbiguousPaths answers 400 to a path with dot segments, encoded slashes, dots or
-// backslashes. Only scanners send them, and serving what they normalise to would hide
-// what was asked for.
-func rejectAmbiguousPaths(c *fiber.Ctx) error {
-	target, _, _ := strings.Cut(string(c.Request().Header.RequestURI()), "?")
-	lower := strings.ToLower(target)
-	if strings.Contains(target+"/", "/../") || strings.Contains(target+"/", "/./") || strings.ContainsRune(target, '\\') ||
-		strings.Contains(lower, "%2f") || strings.Contains(lower, "%2e") || strings.Contains(lower, "%5c") {
-		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
-		return c.Status(fiber.StatusBadRequest).SendString("400 bad request: path has dot segments or encoded separators\n")
-	}
-	return c.Next()
-}
-
 // handlePreflight answers a CORS preflight for /sse from any origin. EventSource sends none,
 // but fetch-based SSE clients that set Last-Event-ID do.
 func handlePreflight(c *fiber.Ctx) error {
@@ -314,75 +247,5 @@ func handleReady(ready *atomic.Bool) fiber.Handler {
 			return c.Status(fiber.StatusServiceUnavailable).SendString("503 shutting down\n")
 		}
 		return c.SendString("ready\n")
-	}
-}
-
-// handlePage serves the embedded page and its assets, so the binary runs from any directory.
-// origins are the other origins whose streams the page may show (-page-sources): the
-// Content-Security-Policy lets it connect to them alone, and the page reads them from its
-// page-sources meta tag, filled in here once, so the page stays the same for the life of the process.
-func handlePage(origins []string) fiber.Handler {
-	type file struct {
-		body        []byte
-		contentType string
-	}
-	files := make(map[string]file)
-	entries, err := webFiles.ReadDir("web")
-	if err != nil {
-		panic(err) // the files are compiled in: this cannot fail at run time
-	}
-	for _, entry := range entries {
-		body, err := webFiles.ReadFile("web/" + entry.Name())
-		if err != nil {
-			panic(err)
-		}
-		files["/"+entry.Name()] = file{body, mime.TypeByExtension(path.Ext(entry.Name()))}
-	}
-	const emptySources = `<meta name="page-sources" content="">`
-	index := files["/index.html"]
-	if bytes.Count(index.body, []byte(emptySources)) != 1 {
-		panic("web/index.html must hold " + emptySources + " once")
-	}
-	sources := `<meta name="page-sources" content="` + html.EscapeString(strings.Join(origins, " ")) + `">`
-	index.body = bytes.Replace(index.body, []byte(emptySources), []byte(sources), 1)
-	files["/index.html"] = index
-	files["/"] = index
-	// The page may run only its own script and style, and open streams only on its own
-	// origin and those that -page-sources lists.
-	headers := map[string]string{
-		"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-			"connect-src " + strings.Join(append([]string{"'self'"}, origins...), " ") +
-			"; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-		"X-Content-Type-Options": "nosniff",
-		"Referrer-Policy":        "no-referrer",
-		"Cache-Control":          "no-cache",
-	}
-	return func(c *fiber.Ctx) error {
-		f, ok := files[c.Path()]
-		if !ok {
-			return fiber.ErrNotFound
-		}
-		for key, value := range headers {
-			c.Set(key, value)
-		}
-		c.Set(fiber.HeaderContentType, f.contentType)
-		return c.Send(f.body)
-	}
-}
-
-// handleError answers every failed request with its status and a one-line plain-text
-// reason, and logs server errors.
-func handleError(logger *slog.Logger) fiber.ErrorHandler {
-	return func(c *fiber.Ctx, err error) error {
-		code := fiber.StatusInternalServerError
-		var fe *fiber.Error
-		if errors.As(err, &fe) {
-			code = fe.Code
-		}
-		if code >= fiber.StatusInternalServerError {
-			logger.Error("request failed", "method", c.Method(), "path", c.Path(), "status", code, "error", err)
-		}
-		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
-		return c.Status(code).SendString(fmt.Sprintf("%d %s\n", code, strings.ToLower(http.StatusText(code))))
 	}
 }

@@ -1,14 +1,10 @@
 package main
 
 import (
-	"expvar"
-	"net/http"
-	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // rejectReason says why a request for the stream was turned away; it is a metric label.
@@ -122,18 +118,4 @@ func registerHistogram(reg *prometheus.Registry, opts prometheus.HistogramOpts) 
 	h := prometheus.NewHistogram(opts)
 	reg.MustRegister(h)
 	return h
-}
-
-// adminHandler serves the operators' routes: metrics in the Prometheus text format, the
-// profiler and expvar. It belongs on a listener of its own that the public cannot reach.
-func adminHandler(m *metrics) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry}))
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	mux.Handle("GET /debug/vars", expvar.Handler())
-	return mux
 }
