@@ -27,6 +27,7 @@ type config struct {
 	logFormat       string // text or json
 	version         bool   // print the version and exit
 	pageSources     string // comma-separated origins besides its own whose streams the page may show
+	trustedProxies  string // comma-separated addresses and prefixes whose forwarding headers name the client
 	stream          streamConfig
 }
 
@@ -50,6 +51,8 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.DurationVar(&cfg.stream.WriteTimeout, "write-timeout", 10*time.Second, "deadline for each write; a client that stops reading is dropped")
 	fs.IntVar(&cfg.stream.Buffer, "buffer", 10, "events each client's channel holds")
 	fs.IntVar(&cfg.stream.MaxClients, "max-clients", 10000, "open streams allowed at once; more are told to come back later (EventSource by a retry:, others by 503)")
+	fs.IntVar(&cfg.stream.MaxClientsPerIP, "max-clients-per-ip", 0, "open streams one client address may hold at once, an IPv6 address counted by its /64; more are answered as over -max-clients (0 = no limit, because a whole office or mobile network may share one address: set it to what one such address needs)")
+	fs.StringVar(&cfg.trustedProxies, "trusted-proxies", "", "comma-separated addresses and prefixes (127.0.0.1,10.0.0.0/8) of proxies whose Forwarded or X-Forwarded-For header names the client for -max-clients-per-ip; any other peer is the client itself")
 	fs.DurationVar(&cfg.deadClientAfter, "dead-client-timeout", 30*time.Second, "drop a client that stops acknowledging data, or leaves its receive window shut, for this long (TCP_USER_TIMEOUT: 1ms or more; 0 = kernel default, about 15 minutes)")
 	fs.IntVar(&cfg.sendBuffer, "send-buffer", 64<<10, "kernel send buffer per connection in bytes, so a stalled reader holds bounded memory (0 = kernel default)")
 	fs.DurationVar(&cfg.readTimeout, "read-timeout", 10*time.Second, "longest time to read a request; closes slow or stuck senders, never a stream")
@@ -93,7 +96,11 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	if envErr != nil {
 		return cfg, envErr
 	}
-	return cfg, cfg.validate()
+	if err := cfg.validate(); err != nil {
+		return cfg, err
+	}
+	cfg.stream.TrustedProxies, _ = parseTrustedProxies(cfg.trustedProxies) // validate parsed it
+	return cfg, nil
 }
 
 // envName is the environment variable that sets a flag: -max-clients reads MAX_CLIENTS.
@@ -143,6 +150,8 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -send-buffer %d: must be 0 (kernel default) or more", cfg.sendBuffer)
 	case cfg.stream.MaxClients < 1:
 		return fmt.Errorf("invalid -max-clients %d: must be at least 1", cfg.stream.MaxClients)
+	case cfg.stream.MaxClientsPerIP < 0:
+		return fmt.Errorf("invalid -max-clients-per-ip %d: must be 0 (no limit) or more", cfg.stream.MaxClientsPerIP)
 	case cfg.bodyLimit < 1:
 		return fmt.Errorf("invalid -body-limit %d: must be at least 1", cfg.bodyLimit)
 	case cfg.maxHeaderBytes < 1<<10:
@@ -157,6 +166,9 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -shutdown-delay %s: must be 0 or more", cfg.shutdownDelay)
 	case cfg.logFormat != "text" && cfg.logFormat != "json":
 		return fmt.Errorf("invalid -log-format %q: must be text or json", cfg.logFormat)
+	}
+	if _, err := parseTrustedProxies(cfg.trustedProxies); err != nil {
+		return fmt.Errorf("invalid -trusted-proxies: %w", err)
 	}
 	for _, origin := range pageOrigins(cfg.pageSources) {
 		if err := checkOrigin(origin); err != nil {

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -93,6 +95,9 @@ func TestConfig_RefusesBadValues(t *testing.T) {
 		{"tiny header limit", []string{"-max-header-bytes", "512"}, nil, "-max-header-bytes"},
 		{"negative fd margin", []string{"-fd-margin", "-1"}, nil, "-fd-margin"},
 		{"negative log rate", nil, map[string]string{"LOG_RATE": "-5"}, "-log-rate"},
+		{"negative per-address limit", []string{"-max-clients-per-ip", "-1"}, nil, "-max-clients-per-ip"},
+		{"trusted proxy that is a name", []string{"-trusted-proxies", "proxy.example"}, nil, "-trusted-proxies"},
+		{"trusted proxy prefix too long", nil, map[string]string{"TRUSTED_PROXIES": "10.0.0.0/33"}, "-trusted-proxies"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,13 +122,17 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 		want func(config) bool
 	}{
 		{"defaults", nil, nil, func(c config) bool {
-			return c == config{
+			return reflect.DeepEqual(c, config{
 				addr: ":3000", adminAddr: "127.0.0.1:3001", logFormat: "text", sendBuffer: 64 << 10, readTimeout: 10 * time.Second,
 				idleTimeout: time.Minute, shutdownTimeout: 5 * time.Second, deadClientAfter: 30 * time.Second,
 				bodyLimit: 4 << 10, maxHeaderBytes: 16 << 10, fdMargin: 64,
 				stream: streamConfig{Interval: time.Second, Keepalive: 15 * time.Second, Retry: 3 * time.Second,
 					RetrySpread: 3 * time.Second, WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000, LogRate: 50},
-			}
+			})
+		}},
+		{"per-address limit behind proxies", nil, map[string]string{"MAX_CLIENTS_PER_IP": "20", "TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8,::1"}, func(c config) bool {
+			return c.stream.MaxClientsPerIP == 20 && slices.Equal(c.stream.TrustedProxies, []netip.Prefix{
+				netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")})
 		}},
 		{"bad env under a flag is not read", []string{"-interval", "2s"}, map[string]string{"INTERVAL": "soon"}, func(c config) bool {
 			return c.stream.Interval == 2*time.Second

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -24,7 +25,11 @@ type streamConfig struct {
 	WriteTimeout time.Duration // deadline for each write to a client
 	Buffer       int           // events a client's channel holds
 	MaxClients   int           // open streams allowed at once
-	LogRate      int           // stream-end lines logged per second at most; 0 means every one
+	// MaxClientsPerIP is the most streams one client address holds at once; 0 means no limit.
+	MaxClientsPerIP int
+	// TrustedProxies are the peers whose Forwarded or X-Forwarded-For names the client.
+	TrustedProxies []netip.Prefix
+	LogRate        int // stream-end lines logged per second at most; 0 means every one
 }
 
 // shutdown is the SSE handler's own done signal. It works the same under any server: the
@@ -66,6 +71,7 @@ type sseHandler struct {
 	// streamsOpen counts the streams open now, for MaxClients, /healthz and the metrics.
 	// A stream counts from its sse_streams_opened_total to its sse_streams_ended_total.
 	streamsOpen atomic.Int64
+	perAddr     addrCounts // streams open by client address, for MaxClientsPerIP
 	stop        shutdown
 	streams     sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
 
@@ -138,6 +144,20 @@ func (h *sseHandler) admit() bool {
 	}
 }
 
+// admitAddr takes a place among MaxClientsPerIP for the client address of r, and returns
+// that address, or the zero Addr when there is no such limit; it reports false when the
+// address holds as many streams as it may.
+func (h *sseHandler) admitAddr(r *http.Request) (netip.Addr, bool) {
+	if h.cfg.MaxClientsPerIP == 0 {
+		return netip.Addr{}, true
+	}
+	addr, ok := clientAddr(r, h.cfg.TrustedProxies)
+	if !ok {
+		return netip.Addr{}, true // a peer that is no IP address (a test's pipe): nothing to count
+	}
+	return addr, h.perAddr.take(addr, h.cfg.MaxClientsPerIP)
+}
+
 // errPanicked is the error a stream ends with when its handler panics; recoverStream logs
 // the panic itself.
 var errPanicked = errors.New("the stream's handler panicked")
@@ -166,11 +186,19 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r)
 		return
 	}
+	addr, ok := h.admitAddr(r)
+	if !ok {
+		h.streamsOpen.Add(-1)
+		h.metrics.rejected[rejectMaxClientsPerIP].Inc()
+		h.refuse(w, r)
+		return
+	}
 	h.streams.Add(1)
 	h.metrics.opened.Inc()
 	client := newClient(r.RemoteAddr, h.cfg.Buffer)
 	lastID, resumed := resumeID(r)
 	s := stream{
+		addr:   addr,
 		cfg:    &h.cfg,
 		stop:   &h.stop,
 		m:      h.metrics,
@@ -223,6 +251,9 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.Duration) {
 	defer h.streams.Done()
 	h.metrics.ended[reason].Inc()
+	if s.addr.IsValid() {
+		h.perAddr.give(s.addr)
+	}
 	h.streamsOpen.Add(-1)
 	h.metrics.streamLength.Observe(lasted.Seconds())
 	if !h.endLog.allow(string(reason)) {

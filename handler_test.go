@@ -290,3 +290,67 @@ func TestHandler_HealthReportsStreamsOpen(t *testing.T) {
 		t.Errorf("GET /healthz = %s, want %v: the number sse_streams_open counts, under the same name", body, want)
 	}
 }
+
+func TestHandler_AnswersOverMaxClientsPerIP(t *testing.T) {
+	srv := startServer(t, "-max-clients-per-ip", "2", "-retry", "2s", "-retry-spread", "1s")
+	first := openStream(t, srv.url, nil)
+	first.next(t)
+	openStream(t, srv.url, nil).next(t)
+
+	resp, body := srv.get(t, http.MethodGet, "/sse", nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "2" {
+		t.Fatalf("third stream from one address without Accept = %d, Retry-After %q, want 503 and 2", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	resp, body = srv.get(t, http.MethodGet, "/sse", http.Header{"Accept": {"text/event-stream"}})
+	frames := parseFrames([]byte(body))
+	if resp.StatusCode != http.StatusOK || len(frames) != 1 || frames[0].isEvent || frames[0].retry == "" {
+		t.Fatalf("third stream from one address with Accept: text/event-stream = %d %q, want 200 with only a retry: and a comment", resp.StatusCode, body)
+	}
+	if got := metric(t, srv.adminURL, `sse_requests_rejected_total{reason="max_clients_per_ip"}`); got != 2 {
+		t.Errorf("rejected for max_clients_per_ip = %v, want 2", got)
+	}
+	if got := metric(t, srv.adminURL, "sse_streams_open"); got != 2 {
+		t.Errorf("sse_streams_open = %v after two refusals, want 2", got)
+	}
+	first.close()
+	eventually(t, 20*time.Second, "the closed stream gives its address's place back", func() bool {
+		return metric(t, srv.adminURL, "sse_streams_open") < 2
+	})
+	openStream(t, srv.url, nil).next(t)
+}
+
+func TestHandler_MaxClientsPerIPReadsForwardedOnlyFromTrustedProxies(t *testing.T) {
+	forwarded := func(header, value string) http.Header {
+		return http.Header{header: {value}, "Accept": {"text/event-stream"}}
+	}
+	t.Run("trusted", func(t *testing.T) {
+		srv := startServer(t, "-max-clients-per-ip", "1", "-trusted-proxies", "10.0.0.0/8, 127.0.0.1")
+		// Each proxy appends who it got the request from: the client's own entries are on the left.
+		openStream(t, srv.url, forwarded("X-Forwarded-For", "198.51.100.7, 203.0.113.1")).next(t)
+		openStream(t, srv.url, forwarded("X-Forwarded-For", "203.0.113.2, 10.1.2.3")).next(t)
+		openStream(t, srv.url, forwarded("Forwarded", `for=203.0.113.3;proto=https, for="10.0.0.1:4711"`)).next(t)
+		openStream(t, srv.url, forwarded("Forwarded", `for="[2001:db8::1]:4711"`)).next(t)
+		for _, again := range []http.Header{
+			forwarded("X-Forwarded-For", "203.0.113.1"),
+			forwarded("X-Forwarded-For", "203.0.113.2"),
+			forwarded("Forwarded", "for=203.0.113.3"),
+			forwarded("Forwarded", `for="[2001:db8::2]"`), // the same /64
+		} {
+			resp, body := srv.get(t, http.MethodGet, "/sse", again)
+			if frames := parseFrames([]byte(body)); resp.StatusCode != http.StatusOK || len(frames) != 1 || frames[0].isEvent {
+				t.Errorf("a second stream for %v = %d %q, want the overload answer", again, resp.StatusCode, body)
+			}
+		}
+		if got := metric(t, srv.adminURL, `sse_requests_rejected_total{reason="max_clients_per_ip"}`); got != 4 {
+			t.Errorf("rejected for max_clients_per_ip = %v, want 4", got)
+		}
+	})
+	t.Run("untrusted", func(t *testing.T) {
+		srv := startServer(t, "-max-clients-per-ip", "1", "-trusted-proxies", "10.0.0.0/8")
+		openStream(t, srv.url, forwarded("X-Forwarded-For", "203.0.113.1")).next(t)
+		resp, body := srv.get(t, http.MethodGet, "/sse", forwarded("X-Forwarded-For", "203.0.113.2"))
+		if frames := parseFrames([]byte(body)); resp.StatusCode != http.StatusOK || len(frames) != 1 || frames[0].isEvent {
+			t.Errorf("a second stream from an untrusted peer naming another client = %d %q, want the overload answer", resp.StatusCode, body)
+		}
+	})
+}

@@ -102,6 +102,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
 		"retry_spread", cfg.stream.RetrySpread, "dead_client_timeout", cfg.deadClientAfter,
 		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
+		"max_clients_per_ip", cfg.stream.MaxClientsPerIP, "trusted_proxies", cfg.trustedProxies,
 		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
 		"idle_timeout", cfg.idleTimeout, "shutdown_delay", cfg.shutdownDelay, "shutdown_timeout", cfg.shutdownTimeout,
 		"body_limit", cfg.bodyLimit, "max_header_bytes", cfg.maxHeaderBytes, "fd_margin", cfg.fdMargin,

@@ -12,9 +12,10 @@ type rejectReason string
 
 // The ways a request for the stream is turned away.
 const (
-	rejectMaxClients    rejectReason = "max_clients"    // -max-clients streams were open
-	rejectNotAcceptable rejectReason = "not_acceptable" // its Accept header ruled out text/event-stream
-	rejectBadRequest    rejectReason = "bad_request"    // its Accept header could not be parsed
+	rejectMaxClients      rejectReason = "max_clients"        // -max-clients streams were open
+	rejectMaxClientsPerIP rejectReason = "max_clients_per_ip" // its client address held -max-clients-per-ip streams
+	rejectNotAcceptable   rejectReason = "not_acceptable"     // its Accept header ruled out text/event-stream
+	rejectBadRequest      rejectReason = "bad_request"        // its Accept header could not be parsed
 )
 
 // metrics are one server's Prometheus metrics. Every series a stream touches is created up
@@ -88,7 +89,7 @@ func newMetrics(open func() float64, writeTimeout time.Duration) *metrics {
 	}, []string{"reason"})
 	reg.MustRegister(rejected)
 	m.rejected = make(map[rejectReason]prometheus.Counter)
-	for _, r := range []rejectReason{rejectMaxClients, rejectNotAcceptable, rejectBadRequest} {
+	for _, r := range []rejectReason{rejectMaxClients, rejectMaxClientsPerIP, rejectNotAcceptable, rejectBadRequest} {
 		m.rejected[r] = rejected.WithLabelValues(string(r))
 	}
 	return m

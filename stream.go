@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 )
 
@@ -33,6 +34,7 @@ type stream struct {
 	stop   *shutdown
 	m      *metrics
 	name   string       // the client, for the per-event log line
+	addr   netip.Addr   // the client address counted in MaxClientsPerIP, if any
 	logger *slog.Logger // set only when every event is logged
 
 	keepalive *time.Timer
