@@ -147,16 +147,27 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 }
 
 // newLogger returns the logger that cfg asks for: text or JSON lines on w, at debug level
-// with -v.
+// with -v. Durations read the same in both, as Go duration strings ("4s", "1m30s"): the
+// JSON handler would otherwise write them as integer nanoseconds.
 func newLogger(w io.Writer, cfg config) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
 	if cfg.verbose {
 		opts.Level = slog.LevelDebug
 	}
 	if cfg.logFormat == "json" {
+		opts.ReplaceAttr = durationString
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// durationString writes a duration attribute as the text handler does, with
+// time.Duration.String.
+func durationString(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // version describes the binary from its build information: module version, VCS revision
