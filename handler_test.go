@@ -298,8 +298,8 @@ func TestHandler_AnswersOverMaxClientsPerIP(t *testing.T) {
 	openStream(t, srv.url, nil).next(t)
 
 	resp, body := srv.get(t, http.MethodGet, "/sse", nil)
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "2" {
-		t.Fatalf("third stream from one address without Accept = %d, Retry-After %q, want 503 and 2", resp.StatusCode, resp.Header.Get("Retry-After"))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "2" || !strings.Contains(body, "too many") {
+		t.Fatalf("third stream from one address without Accept = %d %q, Retry-After %q, want 503 saying why and 2", resp.StatusCode, body, resp.Header.Get("Retry-After"))
 	}
 	resp, body = srv.get(t, http.MethodGet, "/sse", http.Header{"Accept": {"text/event-stream"}})
 	frames := parseFrames([]byte(body))
