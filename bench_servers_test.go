@@ -102,7 +102,7 @@ func serveComparison(kind string, args []string) error {
 	switch kind {
 	case "net/http":
 		streams := handleSSE(cfg.stream, logger)
-		open = streams.Clients
+		open = streams.StreamsOpen
 		mux := http.NewServeMux()
 		mux.Handle("GET /sse", streams)
 		mux.Handle("GET /debug/vars", expvar.Handler())

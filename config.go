@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/url"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -31,6 +29,7 @@ type config struct {
 	pageSources     string // comma-separated origins besides its own whose streams the page may show
 	publishToken    string // bearer token POST /publish needs; required when the admin listener is not loopback
 	demoTopic       string // topic a producer publishes random DashBoards to every interval; empty = none
+	trustedProxies  string // comma-separated addresses and prefixes whose forwarding headers name the client
 	stream          streamConfig
 }
 
@@ -54,7 +53,9 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.DurationVar(&cfg.stream.WriteTimeout, "write-timeout", 10*time.Second, "deadline for each write; a client that stops reading is dropped")
 	fs.IntVar(&cfg.stream.Buffer, "buffer", 10, "events each client's channel holds")
 	fs.IntVar(&cfg.stream.MaxClients, "max-clients", 10000, "open streams allowed at once; more are told to come back later (EventSource by a retry:, others by 503)")
-	fs.DurationVar(&cfg.deadClientAfter, "dead-client-timeout", 30*time.Second, "drop a client that stops acknowledging data, or leaves its receive window shut, for this long (TCP_USER_TIMEOUT; 0 = kernel default, about 15 minutes)")
+	fs.IntVar(&cfg.stream.MaxClientsPerIP, "max-clients-per-ip", 0, "open streams one client address may hold at once, an IPv6 address counted by its /64; more are answered as over -max-clients (0 = no limit, because a whole office or mobile network may share one address: set it to what one such address needs)")
+	fs.StringVar(&cfg.trustedProxies, "trusted-proxies", "", "comma-separated addresses and prefixes (127.0.0.1,10.0.0.0/8) of proxies whose Forwarded or X-Forwarded-For header names the client for -max-clients-per-ip; any other peer is the client itself")
+	fs.DurationVar(&cfg.deadClientAfter, "dead-client-timeout", 30*time.Second, "drop a client that stops acknowledging data, or leaves its receive window shut, for this long (TCP_USER_TIMEOUT: 1ms or more; 0 = kernel default, about 15 minutes)")
 	fs.IntVar(&cfg.sendBuffer, "send-buffer", 64<<10, "kernel send buffer per connection in bytes, so a stalled reader holds bounded memory (0 = kernel default)")
 	fs.DurationVar(&cfg.readTimeout, "read-timeout", 10*time.Second, "longest time to read a request; closes slow or stuck senders, never a stream")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 60*time.Second, "longest wait for the next request on a keep-alive connection")
@@ -103,7 +104,11 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	if envErr != nil {
 		return cfg, envErr
 	}
-	return cfg, cfg.validate()
+	if err := cfg.validate(); err != nil {
+		return cfg, err
+	}
+	cfg.stream.TrustedProxies, _ = parseTrustedProxies(cfg.trustedProxies) // validate parsed it
+	return cfg, nil
 }
 
 // envName is the environment variable that sets a flag: -max-clients reads MAX_CLIENTS.
@@ -141,8 +146,10 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -retry %s: must be at least 1ms", cfg.stream.Retry)
 	case cfg.stream.RetrySpread < 0:
 		return fmt.Errorf("invalid -retry-spread %s: must be 0 (no spread) or more", cfg.stream.RetrySpread)
-	case cfg.deadClientAfter < 0 || cfg.deadClientAfter > maxDeadClientTimeout:
-		return fmt.Errorf("invalid -dead-client-timeout %s: must be 0 (kernel default) up to %s", cfg.deadClientAfter, maxDeadClientTimeout)
+	case cfg.deadClientAfter < 0 || cfg.deadClientAfter > maxDeadClientTimeout ||
+		cfg.deadClientAfter > 0 && cfg.deadClientAfter < time.Millisecond:
+		// The kernel counts in milliseconds: less than one would be 0, its default.
+		return fmt.Errorf("invalid -dead-client-timeout %s: must be 0 (kernel default) or 1ms up to %s", cfg.deadClientAfter, maxDeadClientTimeout)
 	case cfg.stream.MaxLifetime < 0:
 		return fmt.Errorf("invalid -max-lifetime %s: must be 0 (never) or more", cfg.stream.MaxLifetime)
 	case cfg.stream.Buffer < 1:
@@ -151,6 +158,8 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -send-buffer %d: must be 0 (kernel default) or more", cfg.sendBuffer)
 	case cfg.stream.MaxClients < 1:
 		return fmt.Errorf("invalid -max-clients %d: must be at least 1", cfg.stream.MaxClients)
+	case cfg.stream.MaxClientsPerIP < 0:
+		return fmt.Errorf("invalid -max-clients-per-ip %d: must be 0 (no limit) or more", cfg.stream.MaxClientsPerIP)
 	case cfg.bodyLimit < 1:
 		return fmt.Errorf("invalid -body-limit %d: must be at least 1", cfg.bodyLimit)
 	case cfg.maxHeaderBytes < 1<<10:
@@ -181,48 +190,13 @@ func (cfg config) validate() error {
 			return fmt.Errorf("invalid -demo-topic %q: %w", cfg.demoTopic, err)
 		}
 	}
+	if _, err := parseTrustedProxies(cfg.trustedProxies); err != nil {
+		return fmt.Errorf("invalid -trusted-proxies: %w", err)
+	}
 	for _, origin := range pageOrigins(cfg.pageSources) {
 		if err := checkOrigin(origin); err != nil {
 			return fmt.Errorf("invalid -page-sources entry %q: %w", origin, err)
 		}
-	}
-	return nil
-}
-
-// pageOrigins splits the -page-sources list at commas, dropping spaces and empty entries.
-func pageOrigins(list string) []string {
-	var origins []string
-	for origin := range strings.SplitSeq(list, ",") {
-		if origin = strings.TrimSpace(origin); origin != "" {
-			origins = append(origins, origin)
-		}
-	}
-	return origins
-}
-
-// checkOrigin accepts an origin only as a browser writes it (scheme://host[:port], lower
-// case, no default port, no path), because the page compares it with URL.origin and the
-// Content-Security-Policy quotes it as it is.
-func checkOrigin(origin string) error {
-	u, err := url.Parse(origin)
-	if err != nil {
-		return err
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return errors.New("want an http or https origin such as https://a.example")
-	}
-	host := u.Hostname()
-	if host == "" || strings.ContainsFunc(host, func(r rune) bool {
-		return (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '.' && r != '-' && r != ':'
-	}) {
-		return errors.New("want a host name or IP address, in lower case, without wildcards")
-	}
-	want := u.Scheme + "://" + u.Host
-	if port := u.Port(); (u.Scheme == "http" && port == "80") || (u.Scheme == "https" && port == "443") {
-		want = u.Scheme + "://" + strings.TrimSuffix(u.Host, ":"+port)
-	}
-	if origin != want {
-		return fmt.Errorf("want the bare origin %q (no path, query, user or default port)", want)
 	}
 	return nil
 }
@@ -241,28 +215,4 @@ func printUsage(fs *flag.FlagSet, w io.Writer) {
 			fmt.Fprintf(w, "  -%s\n    \t%s\n", f.Name, f.Usage)
 		}
 	})
-}
-
-// fitOpenFiles returns how many streams fit in an open-file limit of limit while keeping
-// margin files for everything else, at most maxClients. Every stream holds a connection,
-// and running out of files would leave new clients waiting in the kernel's queue instead
-// of getting the overload answer.
-func fitOpenFiles(maxClients int, limit uint64, margin int) (int, error) {
-	if limit <= uint64(margin) {
-		return 0, fmt.Errorf("the open-file limit %d leaves no room for streams with -fd-margin %d: raise it (ulimit -n) or lower -fd-margin", limit, margin)
-	}
-	if room := limit - uint64(margin); room < uint64(maxClients) {
-		return int(room), nil
-	}
-	return maxClients, nil
-}
-
-// openFileLimit returns the process's limit on open files. Go raises the soft limit to the
-// hard one at start-up, so this is the most the process can open.
-func openFileLimit() (uint64, error) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, fmt.Errorf("read the open-file limit: %w", err)
-	}
-	return rl.Cur, nil
 }

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net/netip"
 	"os"
+	"os/exec"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -75,6 +78,8 @@ func TestConfig_RefusesBadValues(t *testing.T) {
 		{"negative retry spread", []string{"-retry-spread", "-1s"}, nil, "-retry-spread"},
 		{"negative dead client timeout", []string{"-dead-client-timeout", "-1s"}, nil, "-dead-client-timeout"},
 		{"dead client timeout over the kernel's limit", []string{"-dead-client-timeout", "1000h"}, nil, "-dead-client-timeout"},
+		{"dead client timeout under a millisecond", []string{"-dead-client-timeout", "999us"}, nil, "-dead-client-timeout 999µs: must be 0 (kernel default) or 1ms"},
+		{"dead client timeout of a nanosecond in env", nil, map[string]string{"DEAD_CLIENT_TIMEOUT": "1ns"}, "-dead-client-timeout 1ns"},
 		{"not a duration", []string{"-interval", "fast"}, nil, "-interval"},
 		{"unknown flag", []string{"-nope"}, nil, "-nope"},
 		{"stray argument", []string{"extra"}, nil, `"extra"`},
@@ -100,6 +105,9 @@ func TestConfig_RefusesBadValues(t *testing.T) {
 		{"admin on every interface without a publish token", []string{"-admin-addr", ":3001"}, nil, "-publish-token"},
 		{"admin on a public address without a publish token", []string{"-admin-addr", "192.0.2.1:3001"}, nil, "-publish-token"},
 		{"admin on a host name without a publish token", nil, map[string]string{"ADMIN_ADDR": "admin.example:3001"}, "PUBLISH_TOKEN"},
+		{"negative per-address limit", []string{"-max-clients-per-ip", "-1"}, nil, "-max-clients-per-ip"},
+		{"trusted proxy that is a name", []string{"-trusted-proxies", "proxy.example"}, nil, "-trusted-proxies"},
+		{"trusted proxy prefix too long", nil, map[string]string{"TRUSTED_PROXIES": "10.0.0.0/33"}, "-trusted-proxies"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -125,14 +133,18 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 		want func(config) bool
 	}{
 		{"defaults", nil, nil, func(c config) bool {
-			return c == config{
+			return reflect.DeepEqual(c, config{
 				addr: ":3000", adminAddr: "127.0.0.1:3001", logFormat: "text", sendBuffer: 64 << 10, readTimeout: 10 * time.Second,
 				idleTimeout: time.Minute, shutdownTimeout: 5 * time.Second, deadClientAfter: 30 * time.Second,
 				bodyLimit: 4 << 10, maxHeaderBytes: 16 << 10, fdMargin: 64,
 				stream: streamConfig{Interval: time.Second, Keepalive: 15 * time.Second, Retry: 3 * time.Second,
 					RetrySpread: 3 * time.Second, WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000, LogRate: 50,
 					History: historyLimits{count: 10000, age: 5 * time.Minute, bytes: 64 << 20}, SubscriberQueue: 256},
-			}
+			})
+		}},
+		{"per-address limit behind proxies", nil, map[string]string{"MAX_CLIENTS_PER_IP": "20", "TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8,::1"}, func(c config) bool {
+			return c.stream.MaxClientsPerIP == 20 && slices.Equal(c.stream.TrustedProxies, []netip.Prefix{
+				netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")})
 		}},
 		{"bad env under a flag is not read", []string{"-interval", "2s"}, map[string]string{"INTERVAL": "soon"}, func(c config) bool {
 			return c.stream.Interval == 2*time.Second
@@ -209,6 +221,20 @@ func TestFitOpenFiles(t *testing.T) {
 		if got != tt.want || (err != nil) != tt.wantErr {
 			t.Errorf("%s: fitOpenFiles(%d, %d, %d) = %d, %v; want %d, error %t",
 				tt.name, tt.maxClients, tt.limit, tt.margin, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestConfig_BuildsOnEveryOS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SKIPPING: cross-compiles the command for three systems, which takes a while with a cold cache")
+	}
+	goTool := requireTool(t, "", "go", "golang-go")
+	for _, goos := range []string{"linux", "darwin", "windows"} {
+		cmd := exec.Command(goTool, "build", "-o", os.DevNull, ".")
+		cmd.Env = append(os.Environ(), "GOOS="+goos, "GOARCH=amd64", "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("GOOS=%s go build: %v\n%s", goos, err, out)
 		}
 	}
 }

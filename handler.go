@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -23,14 +25,19 @@ type streamConfig struct {
 	WriteTimeout time.Duration // deadline for each write to a client
 	Buffer       int           // events a client's channel holds
 	MaxClients   int           // open streams allowed at once
-	LogRate      int           // stream-end lines logged per second at most; 0 means every one
+	// MaxClientsPerIP is the most streams one client address holds at once; 0 means no limit.
+	MaxClientsPerIP int
+	// TrustedProxies are the peers whose Forwarded or X-Forwarded-For names the client.
+	TrustedProxies []netip.Prefix
+	LogRate        int // stream-end lines logged per second at most; 0 means every one
 
 	History         historyLimits // what the topic hub keeps for clients that resume
 	SubscriberQueue int           // topic events queued for a subscriber before it counts as too slow
 }
 
 // shutdown is the SSE handler's own done signal. It works the same under any server: the
-// adaptor's request context ends only at shutdown, and net/http's never does.
+// adaptor's request context ends only at shutdown, and net/http's ends when the client
+// leaves but not when the server shuts down.
 type shutdown struct {
 	done  chan struct{}
 	once  sync.Once
@@ -62,12 +69,15 @@ type sseHandler struct {
 	cfg     streamConfig
 	logger  *slog.Logger
 	metrics *metrics
-	opening []byte       // the first bytes of every stream: the retry delay and a comment
-	hub     *hub         // the topics' subscribers and history
-	endLog  *logLimit    // bounds the lines that say why a stream ended
-	open    atomic.Int64 // streams open now, for MaxClients, /healthz and the metrics
-	stop    shutdown
-	streams sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
+	opening []byte    // the first bytes of every stream: the retry delay and a comment
+	hub     *hub      // the topics' subscribers and history
+	endLog  *logLimit // bounds the lines that say why a stream ended
+	// streamsOpen counts the streams open now, for MaxClients, /healthz and the metrics.
+	// A stream counts from its sse_streams_opened_total to its sse_streams_ended_total.
+	streamsOpen atomic.Int64
+	perAddr     addrCounts // streams open by client address, for MaxClientsPerIP
+	stop        shutdown
+	streams     sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
 
 	mu      sync.Mutex
 	writers map[*http.ResponseController]struct{} // every open stream's, for Shutdown
@@ -84,7 +94,7 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 		stop:    shutdown{done: make(chan struct{})},
 		writers: make(map[*http.ResponseController]struct{}),
 	}
-	h.metrics = newMetrics(func() float64 { return float64(h.open.Load()) }, cfg.WriteTimeout)
+	h.metrics = newMetrics(func() float64 { return float64(h.streamsOpen.Load()) }, cfg.WriteTimeout)
 	h.hub = newHub(cfg.History, cfg.SubscriberQueue, newHubMetrics(h.metrics.registry))
 	h.hub.registerGauges(h.metrics.registry)
 	return h
@@ -119,10 +129,44 @@ func (h *sseHandler) Wait(ctx context.Context) error {
 	}
 }
 
-// Clients returns the number of streams open now.
-func (h *sseHandler) Clients() int64 {
-	return h.open.Load()
+// StreamsOpen returns the number of streams open now: what /healthz reports as
+// streams_open and the metrics as sse_streams_open.
+func (h *sseHandler) StreamsOpen() int64 {
+	return h.streamsOpen.Load()
 }
+
+// admit takes a place among MaxClients for a new stream, or reports that there is none.
+// The count never goes above MaxClients, not even for a moment, so that nothing that reads
+// it sees more streams than are allowed.
+func (h *sseHandler) admit() bool {
+	for {
+		n := h.streamsOpen.Load()
+		if n >= int64(h.cfg.MaxClients) {
+			return false
+		}
+		if h.streamsOpen.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// admitAddr takes a place among MaxClientsPerIP for the client address of r, and returns
+// that address, or the zero Addr when there is no such limit; it reports false when the
+// address holds as many streams as it may.
+func (h *sseHandler) admitAddr(r *http.Request) (netip.Addr, bool) {
+	if h.cfg.MaxClientsPerIP == 0 {
+		return netip.Addr{}, true
+	}
+	addr, ok := clientAddr(r, h.cfg.TrustedProxies)
+	if !ok {
+		return netip.Addr{}, true // a peer that is no IP address (a test's pipe): nothing to count
+	}
+	return addr, h.perAddr.take(addr, h.cfg.MaxClientsPerIP)
+}
+
+// errPanicked is the error a stream ends with when its handler panics; recoverStream logs
+// the panic itself.
+var errPanicked = errors.New("the stream's handler panicked")
 
 // ServeHTTP checks the request, takes a place among MaxClients, and streams until the
 // client goes, the server shuts down, or the stream reaches MaxLifetime.
@@ -154,101 +198,81 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	if h.open.Add(1) > int64(h.cfg.MaxClients) {
-		h.open.Add(-1)
+	if !h.admit() {
 		h.metrics.rejected[rejectMaxClients].Inc()
 		h.refuse(w, r)
 		return
 	}
-	h.streams.Add(1)
-	defer h.streams.Done()
-	defer h.open.Add(-1)
-	setStreamHeaders(header)
-
-	h.metrics.opened.Inc()
-	if topics != nil {
-		h.serveTopics(w, r, topics)
+	addr, ok := h.admitAddr(r)
+	if !ok {
+		h.streamsOpen.Add(-1)
+		h.metrics.rejected[rejectMaxClientsPerIP].Inc()
+		h.refuse(w, r)
 		return
 	}
-	client := newClient(r.RemoteAddr, h.cfg.Buffer)
-	lastID, resumed := resumeID(r)
-	h.logger.Debug("client connected", "client", client.name, "last_event_id", lastID, "resumed", resumed)
+	h.streams.Add(1)
+	h.metrics.opened.Inc()
+	s := stream{
+		addr: addr,
+		cfg:  &h.cfg,
+		stop: &h.stop,
+		m:    h.metrics,
+		name: r.RemoteAddr,
+	}
+	// However the stream ends, a panic and a failed take-over included, its end is counted
+	// and its place given back, so that opened - ended is the streams open at every moment.
+	start := time.Now()
+	reason, err := endError, errPanicked
+	defer func() { h.ended(&s, reason, err, time.Since(start)) }()
+	setStreamHeaders(header)
+	s.w, s.rc = w, http.NewResponseController(w)
+	if !r.ProtoAtLeast(1, 1) {
+		var cd *closeDelimited
+		if cd, err = hijackCloseDelimited(s.rc, header); err != nil {
+			return
+		}
+		defer cd.Close()
+		s.w, s.rc = cd, http.NewResponseController(cd)
+	}
+	h.track(s.rc)
+	defer h.untrack(s.rc)
+	if topics != nil {
+		reason, err = h.serveTopics(&s, r, topics)
+		return
+	}
 
+	client := newClient(s.name, h.cfg.Buffer)
+	lastID, resumed := resumeID(r)
+	s.nextID, s.lastID = lastID+1, lastID
+	h.logger.Debug("client connected", "client", client.name, "last_event_id", lastID, "resumed", resumed)
 	// The producer gets a context of its own: deriving one from r.Context() would cost
 	// a goroutine per stream under the adaptor, and that context ends only at shutdown.
 	ctx, stopProducer := context.WithCancel(context.Background())
 	defer stopProducer()
 	go produce(ctx, client.events, h.cfg.Interval)
-
-	rc := http.NewResponseController(w)
-	if !r.ProtoAtLeast(1, 1) {
-		cd := h.closeDelimited(rc, header, client.name)
-		if cd == nil {
-			return
-		}
-		defer cd.Close()
-		w, rc = cd, http.NewResponseController(cd)
-	}
-	s := stream{
-		w:      w,
-		rc:     rc,
-		cfg:    &h.cfg,
-		stop:   &h.stop,
-		m:      h.metrics,
-		name:   client.name,
-		nextID: lastID + 1,
-		lastID: lastID,
-	}
 	if h.logger.Enabled(ctx, slog.LevelDebug) {
 		s.logger = h.logger
 	}
-	h.track(s.rc)
-	defer h.untrack(s.rc)
-	start := time.Now()
-	reason, err := s.run(h.opening, client.events, r.Context().Done())
-	h.ended(&s, reason, err, time.Since(start))
+	reason, err = s.run(h.opening, client.events, r.Context().Done())
 }
 
-// serveTopics streams the events of topics from the hub: first those after the client's
-// Last-Event-ID, or a reset event if the hub cannot resume there, then live ones, until the
-// client goes, the server shuts down, the stream reaches MaxLifetime or falls too far behind.
-// Topic streams have no producer: they wait on their subscription.
+// serveTopics streams the events of topics from the hub on s: first those after the
+// client's Last-Event-ID, or a reset event if the hub cannot resume there, then live ones,
+// until the client goes, the server shuts down, the stream reaches MaxLifetime or falls a
+// whole queue behind. A topic stream has no producer: it waits on its subscription. It is a
+// function of its own so that a random stream's frame does not hold a topic stream's state.
 //
 //go:noinline
-func (h *sseHandler) serveTopics(w http.ResponseWriter, r *http.Request, topics []string) {
+func (h *sseHandler) serveTopics(s *stream, r *http.Request, topics []string) (endReason, error) {
 	lastID, hasLastID := lastEventID(r)
-	name := strings.Clone(r.RemoteAddr)
-	rc := http.NewResponseController(w)
-	if !r.ProtoAtLeast(1, 1) {
-		cd := h.closeDelimited(rc, w.Header(), name)
-		if cd == nil {
-			return
-		}
-		defer cd.Close()
-		w, rc = cd, http.NewResponseController(cd)
-	}
 	// A subscriber dropped while its client holds a write up gets that write cut at once.
+	rc := s.rc
 	cut := func() { _ = rc.SetWriteDeadline(time.Now()) }
 	sub := h.hub.Subscribe(topics, lastID, hasLastID, cut)
 	defer h.hub.Unsubscribe(sub.sub)
-	h.logger.Debug("client subscribed", "client", name, "topics", topics, "last_event_id", lastID, "reset", string(sub.reset))
-	s := stream{
-		w:           w,
-		rc:          rc,
-		cfg:         &h.cfg,
-		stop:        &h.stop,
-		m:           h.metrics,
-		name:        name,
-		topicEvents: sub.sub.queue,
-		dropped:     &sub.sub.dropped,
-		replay:      sub.replay,
-		hubMetrics:  h.hub.metrics,
-	}
-	h.track(s.rc)
-	defer h.untrack(s.rc)
-	start := time.Now()
-	reason, err := s.run(h.topicOpening(sub), nil, r.Context().Done())
-	h.ended(&s, reason, err, time.Since(start))
+	h.logger.Debug("client subscribed", "client", s.name, "topics", topics, "last_event_id", lastID, "reset", string(sub.reset))
+	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.hub.metrics
+	return s.run(h.topicOpening(sub), nil, r.Context().Done())
 }
 
 // topicOpening returns the first bytes of a topic stream: the retry delay, then the id the
@@ -265,40 +289,6 @@ func (h *sseHandler) topicOpening(sub subscription) []byte {
 	return appendNamedEvent(opening, []byte(sub.position), "reset", []byte(data))
 }
 
-// closeDelimited takes over an HTTP/1.0 client's connection, which has no chunked framing
-// (the only one fasthttp gives a stream), and returns the writer of a close-delimited
-// stream on it, or nil if it cannot. It is a function of its own so that ServeHTTP's stack
-// frame, which every open stream keeps, stays small.
-//
-//go:noinline
-func (h *sseHandler) closeDelimited(rc *http.ResponseController, header http.Header, client string) *closeDelimited {
-	cd, err := hijackCloseDelimited(rc, header)
-	if err != nil {
-		h.logger.Warn("HTTP/1.0 stream not opened", "client", client, "error", err.Error())
-		return nil
-	}
-	return cd
-}
-
-// ended counts and logs, within the log rate, why the stream s ended and how long it lasted.
-// It is a function of its own for the same reason as closeDelimited.
-//
-//go:noinline
-func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.Duration) {
-	h.metrics.ended[reason].Inc()
-	h.metrics.streamLength.Observe(lasted.Seconds())
-	if !h.endLog.allow(string(reason)) {
-		return
-	}
-	attrs := []any{"client", s.name, "duration", lasted.Round(time.Millisecond),
-		"events", s.sent, "last_id", s.lastID, "reason", string(reason)}
-	// A client that leaves is ordinary: what the write said about it would only mislead.
-	if err != nil && reason != endClientGone {
-		attrs = append(attrs, "error", err.Error())
-	}
-	h.logger.Info("client disconnected", attrs...)
-}
-
 // track adds an open stream's writer to those that Shutdown bounds.
 func (h *sseHandler) track(rc *http.ResponseController) {
 	h.mu.Lock()
@@ -311,6 +301,31 @@ func (h *sseHandler) untrack(rc *http.ResponseController) {
 	h.mu.Lock()
 	delete(h.writers, rc)
 	h.mu.Unlock()
+}
+
+// ended counts the end of the stream s and gives its place back, then logs, within the log
+// rate, why it ended and how long it lasted, and lets Wait know. It is a function of its
+// own so that ServeHTTP's stack frame, which every open stream keeps, stays small.
+//
+//go:noinline
+func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.Duration) {
+	defer h.streams.Done()
+	h.metrics.ended[reason].Inc()
+	if s.addr.IsValid() {
+		h.perAddr.give(s.addr)
+	}
+	h.streamsOpen.Add(-1)
+	h.metrics.streamLength.Observe(lasted.Seconds())
+	if !h.endLog.allow(string(reason)) {
+		return
+	}
+	attrs := []any{"client", s.name, "duration", lasted.Round(time.Millisecond),
+		"events", s.sent, "last_id", s.lastID, "reason", string(reason)}
+	// A client that leaves is ordinary: what the write said about it would only mislead.
+	if err != nil && reason != endClientGone {
+		attrs = append(attrs, "error", err.Error())
+	}
+	h.logger.Info("client disconnected", attrs...)
 }
 
 // refuse answers a request over MaxClients. A browser's EventSource fails for good on any

@@ -3,13 +3,17 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -106,7 +110,7 @@ func TestHandler_ShutdownEndsStreamsUnderNetHTTP(t *testing.T) {
 	if err := h.Wait(ctx); err != nil {
 		t.Fatalf("Wait after Shutdown = %v, want every stream ended", err)
 	}
-	if got := h.Clients(); got != 0 {
+	if got := h.StreamsOpen(); got != 0 {
 		t.Errorf("%d streams open after Shutdown, want 0", got)
 	}
 }
@@ -155,4 +159,202 @@ func TestHandler_AnswersOverMaxClients(t *testing.T) {
 	first.close()
 	eventually(t, 20*time.Second, "the closed stream frees its place", func() bool { return srv.healthClients(t) < 2 })
 	openStream(t, srv.url, http.Header{"Accept": {"text/event-stream"}}).nextEvent(t)
+}
+
+// hidesHijack is a net/http middleware's writer that cannot take a connection over, as
+// many logging and compressing writers are: it has no Hijack and no Unwrap.
+type hidesHijack struct{ http.ResponseWriter }
+
+// panicsOnWrite is a net/http middleware's writer whose Write panics, as a broken one may.
+type panicsOnWrite struct{ http.ResponseWriter }
+
+func (w panicsOnWrite) Write([]byte) (int, error) { panic("write panicked") }
+
+func (w panicsOnWrite) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func TestHandler_OpenedMinusEndedIsOpenAfterEveryFailure(t *testing.T) {
+	cfg, err := parseConfig([]string{"-interval", "1h", "-keepalive", "1h"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := handleSSE(cfg.stream, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	wrap := map[string]func(http.ResponseWriter) http.ResponseWriter{
+		"/plain":          func(w http.ResponseWriter) http.ResponseWriter { return w },
+		"/cannot-hijack":  func(w http.ResponseWriter) http.ResponseWriter { return hidesHijack{w} },
+		"/panics-writing": func(w http.ResponseWriter) http.ResponseWriter { return panicsOnWrite{w} },
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(wrap[r.URL.Path](w), r)
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the panic's own report
+	srv.Start()
+	t.Cleanup(srv.Close) // after the stream's own cleanup closes it
+	admin := httptest.NewServer(adminHandler(h.metrics, handlePublish(h.hub, "")))
+	t.Cleanup(admin.Close)
+
+	balanced := func(what string) {
+		t.Helper()
+		eventually(t, 5*time.Second, what+": opened - ended == open", func() bool {
+			m := scrape(t, admin.URL)
+			ended := 0.0
+			for key, v := range m {
+				if strings.HasPrefix(key, "sse_streams_ended_total{") {
+					ended += v
+				}
+			}
+			return m["sse_streams_opened_total"]-ended == m["sse_streams_open"]
+		})
+	}
+	open := openStreamAt(t, srv.URL+"/plain", nil)
+	open.next(t)
+	balanced("one stream open")
+
+	// An HTTP/1.0 request needs the take-over; an HTTP/1.1 one writes through the writer.
+	for _, request := range []string{"GET /cannot-hijack HTTP/1.0\r\nHost: x\r\n\r\n", "GET /panics-writing HTTP/1.1\r\nHost: x\r\n\r\n"} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(conn, request)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, conn); err != nil {
+			t.Errorf("%q: %v, want the server to close the connection", request, err)
+		}
+		conn.Close()
+		balanced(strings.Fields(request)[1])
+	}
+	if got := metric(t, admin.URL, "sse_streams_open"); got != 1 {
+		t.Errorf("sse_streams_open = %v after two failed streams beside one open, want 1", got)
+	}
+}
+
+func TestHandler_StreamsOpenNeverExceedsMaxClients(t *testing.T) {
+	cfg, err := parseConfig([]string{"-interval", "1h", "-keepalive", "1h", "-max-clients", "1"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := handleSSE(cfg.stream, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close) // after the stream's own cleanup closes it
+	openStreamAt(t, srv.URL, nil).next(t)
+
+	var highest atomic.Int64
+	done := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if n := h.StreamsOpen(); n > highest.Load() {
+				highest.Store(n)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 5 * time.Second}
+	for range 4 {
+		wg.Go(func() {
+			for range 100 {
+				resp, err := client.Get(srv.URL)
+				if err != nil {
+					t.Errorf("GET over -max-clients: %v", err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusServiceUnavailable {
+					t.Errorf("GET over -max-clients = %d, want 503", resp.StatusCode)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(done)
+	<-watched
+	if got := highest.Load(); got > 1 {
+		t.Errorf("streams open read %d at -max-clients 1 while 400 requests were turned away, want never above 1", got)
+	}
+}
+
+func TestHandler_HealthReportsStreamsOpen(t *testing.T) {
+	srv := startServer(t)
+	openStream(t, srv.url, nil).next(t)
+	_, body := srv.get(t, http.MethodGet, "/healthz", nil)
+	var got map[string]any
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatalf("GET /healthz = %q: %v", body, err)
+	}
+	want := map[string]any{"status": "ok", "streams_open": 1.0}
+	if len(got) != len(want) || got["status"] != want["status"] || got["streams_open"] != want["streams_open"] {
+		t.Errorf("GET /healthz = %s, want %v: the number sse_streams_open counts, under the same name", body, want)
+	}
+}
+
+func TestHandler_AnswersOverMaxClientsPerIP(t *testing.T) {
+	srv := startServer(t, "-max-clients-per-ip", "2", "-retry", "2s", "-retry-spread", "1s")
+	first := openStream(t, srv.url, nil)
+	first.next(t)
+	openStream(t, srv.url, nil).next(t)
+
+	resp, body := srv.get(t, http.MethodGet, "/sse", nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "2" || !strings.Contains(body, "too many") {
+		t.Fatalf("third stream from one address without Accept = %d %q, Retry-After %q, want 503 saying why and 2", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	resp, body = srv.get(t, http.MethodGet, "/sse", http.Header{"Accept": {"text/event-stream"}})
+	frames := parseFrames([]byte(body))
+	if resp.StatusCode != http.StatusOK || len(frames) != 1 || frames[0].isEvent || frames[0].retry == "" {
+		t.Fatalf("third stream from one address with Accept: text/event-stream = %d %q, want 200 with only a retry: and a comment", resp.StatusCode, body)
+	}
+	if got := metric(t, srv.adminURL, `sse_requests_rejected_total{reason="max_clients_per_ip"}`); got != 2 {
+		t.Errorf("rejected for max_clients_per_ip = %v, want 2", got)
+	}
+	if got := metric(t, srv.adminURL, "sse_streams_open"); got != 2 {
+		t.Errorf("sse_streams_open = %v after two refusals, want 2", got)
+	}
+	first.close()
+	eventually(t, 20*time.Second, "the closed stream gives its address's place back", func() bool {
+		return metric(t, srv.adminURL, "sse_streams_open") < 2
+	})
+	openStream(t, srv.url, nil).next(t)
+}
+
+func TestHandler_MaxClientsPerIPReadsForwardedOnlyFromTrustedProxies(t *testing.T) {
+	forwarded := func(header, value string) http.Header {
+		return http.Header{header: {value}, "Accept": {"text/event-stream"}}
+	}
+	t.Run("trusted", func(t *testing.T) {
+		srv := startServer(t, "-max-clients-per-ip", "1", "-trusted-proxies", "10.0.0.0/8, 127.0.0.1")
+		// Each proxy appends who it got the request from: the client's own entries are on the left.
+		openStream(t, srv.url, forwarded("X-Forwarded-For", "198.51.100.7, 203.0.113.1")).next(t)
+		openStream(t, srv.url, forwarded("X-Forwarded-For", "203.0.113.2, 10.1.2.3")).next(t)
+		openStream(t, srv.url, forwarded("Forwarded", `for=203.0.113.3;proto=https, for="10.0.0.1:4711"`)).next(t)
+		openStream(t, srv.url, forwarded("Forwarded", `for="[2001:db8::1]:4711"`)).next(t)
+		for _, again := range []http.Header{
+			forwarded("X-Forwarded-For", "203.0.113.1"),
+			forwarded("X-Forwarded-For", "203.0.113.2"),
+			forwarded("Forwarded", "for=203.0.113.3"),
+			forwarded("Forwarded", `for="[2001:db8::2]"`), // the same /64
+		} {
+			resp, body := srv.get(t, http.MethodGet, "/sse", again)
+			if frames := parseFrames([]byte(body)); resp.StatusCode != http.StatusOK || len(frames) != 1 || frames[0].isEvent {
+				t.Errorf("a second stream for %v = %d %q, want the overload answer", again, resp.StatusCode, body)
+			}
+		}
+		if got := metric(t, srv.adminURL, `sse_requests_rejected_total{reason="max_clients_per_ip"}`); got != 4 {
+			t.Errorf("rejected for max_clients_per_ip = %v, want 4", got)
+		}
+	})
+	t.Run("untrusted", func(t *testing.T) {
+		srv := startServer(t, "-max-clients-per-ip", "1", "-trusted-proxies", "10.0.0.0/8")
+		openStream(t, srv.url, forwarded("X-Forwarded-For", "203.0.113.1")).next(t)
+		resp, body := srv.get(t, http.MethodGet, "/sse", forwarded("X-Forwarded-For", "203.0.113.2"))
+		if frames := parseFrames([]byte(body)); resp.StatusCode != http.StatusOK || len(frames) != 1 || frames[0].isEvent {
+			t.Errorf("a second stream from an untrusted peer naming another client = %d %q, want the overload answer", resp.StatusCode, body)
+		}
+	})
 }

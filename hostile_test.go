@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -684,5 +685,133 @@ func TestLogLimit_SummarisesWhatItHoldsBack(t *testing.T) {
 		if !unlimited.allow("a") {
 			t.Fatal("a rate of 0 held a line back, want no limit")
 		}
+	}
+}
+
+func TestHostile_AdminClosesIdleKeepAliveConnections(t *testing.T) {
+	proc := startProcess(t, "-idle-timeout", "1s")
+	kept, err := net.DialTimeout("tcp", strings.TrimPrefix(proc.adminURL, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	io.WriteString(kept, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+	reader := bufio.NewReader(kept)
+	resp, err := http.ReadResponse(reader, nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics on a raw connection: %v, %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	kept.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := reader.ReadByte(); err != io.EOF {
+		t.Errorf("an idle keep-alive connection to the admin port read %v within 10s at -idle-timeout 1s, want it closed (EOF)", err)
+	}
+}
+
+func TestHostile_AdminConnectionsLeaveThePublicPortItsFiles(t *testing.T) {
+	const nofile = 256
+	proc := startProcessWith(t, processOptions{nofile: nofile}, "-interval", "50ms")
+	// More keep-alive connections to the admin port than the process has files, each
+	// with a request it then leaves idle.
+	flood := make([]net.Conn, 0, nofile+50)
+	t.Cleanup(func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	})
+	var answered atomic.Int64
+	for range nofile + 50 {
+		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(proc.adminURL, "http://"), 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial admin connection %d: %v", len(flood), err)
+		}
+		io.WriteString(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+		flood = append(flood, conn)
+		go func() {
+			if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err == nil {
+				resp.Body.Close()
+				answered.Add(1)
+			}
+		}()
+	}
+	// Wait until the admin server has taken all it will take: no answer for 3 s.
+	last, stable := int64(-1), 0
+	eventually(t, 60*time.Second, "the admin server stops taking connections", func() bool {
+		if n := answered.Load(); n != last || n == 0 {
+			last, stable = n, 0
+			return false
+		}
+		stable++
+		time.Sleep(500 * time.Millisecond)
+		return stable >= 6
+	})
+	if last > adminMaxConns {
+		t.Errorf("the admin server answered %d connections at once, want at most %d", last, adminMaxConns)
+	}
+	// The public port still answers every time, and still opens streams.
+	client := &http.Client{Timeout: 5 * time.Second}
+	for i := range 5 {
+		resp, err := client.Get(proc.url + "/healthz")
+		if err != nil {
+			t.Fatalf("GET /healthz %d with %d connections on the admin port: %v", i, len(flood), err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /healthz %d = %d, want 200", i, resp.StatusCode)
+		}
+	}
+	openStream(t, proc.url, nil).nextEvent(t)
+	proc.running(t)
+}
+
+func TestHostile_ServerErrorLinesAreStructuredAndRateLimited(t *testing.T) {
+	const nofile = 128
+	proc := startProcessWith(t, processOptions{nofile: nofile}, "-log-format", "json", "-read-timeout", "20s")
+	// Idle connections to the public port take every file the process has.
+	idle := make([]net.Conn, 0, nofile+50)
+	t.Cleanup(func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	})
+	for range nofile + 50 {
+		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(proc.url, "http://"), 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial idle connection %d: %v", len(idle), err)
+		}
+		idle = append(idle, conn)
+	}
+	proc.logs.waitFor(t, regexp.MustCompile(`"msg":"accept failed, retrying"`), 20*time.Second)
+	// A connection to the admin port makes its server's accept fail too, for as long as
+	// the files stay taken.
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(proc.adminURL, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	proc.logs.waitFor(t, regexp.MustCompile(`(?i)"msg":"admin listener".*accept`), 20*time.Second)
+	// Its server retries after 5 ms, doubling to 1 s: more lines in the first second than
+	// the limit lets through, so a summary counts the rest.
+	proc.logs.waitFor(t, regexp.MustCompile(`"msg":"admin listener lines not logged"`), 20*time.Second)
+	for _, c := range idle {
+		c.Close()
+	}
+	proc.signal(t, os.Interrupt, 20*time.Second)
+	took := time.Since(start)
+
+	adminLines := 0
+	for line := range strings.SplitSeq(strings.TrimSpace(proc.logs.String()), "\n") {
+		var entry map[string]any
+		if err := json.Unmarshal([]byte(line), &entry); err != nil {
+			t.Errorf("output line %q is not JSON under -log-format json: %v", line, err)
+			continue
+		}
+		if entry["msg"] == "admin listener" {
+			adminLines++
+		}
+	}
+	if limit := int(took/time.Second) + 2; adminLines > limit {
+		t.Errorf("%d admin listener lines in %s, want at most one a second (%d)", adminLines, took, limit)
 	}
 }

@@ -84,9 +84,11 @@ func (l *connListener) Accept() (net.Conn, error) {
 }
 
 // temporaryAcceptError reports whether a failed accept can succeed later: the process or
-// the system is out of file descriptors or memory for now, or the client left first.
+// the system is out of file descriptors or memory for now. A client that left before its
+// connection was accepted (ECONNABORTED) and an interrupted call (EINTR) never get here:
+// Go's accept tries again by itself.
 func temporaryAcceptError(err error) bool {
-	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
 		if errors.Is(err, errno) {
 			return true
 		}

@@ -3,23 +3,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"embed"
 	"errors"
 	"flag"
 	"fmt"
-	"html"
 	"io"
 	"log/slog"
-	"mime"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
-	"path"
 	"runtime/debug"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -28,9 +21,6 @@ import (
 	"github.com/gofiber/fiber/v2"
 	fiberrecover "github.com/gofiber/fiber/v2/middleware/recover"
 )
-
-//go:embed web/index.html web/app.js web/style.css
-var webFiles embed.FS
 
 // main runs the server until SIGINT or SIGTERM, and exits non-zero if it could not.
 func main() {
@@ -101,23 +91,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			logger.Warn("-dead-client-timeout does not work on this system: a client that vanishes without closing its connection stays counted until the kernel gives up (about 15 minutes)", "error", err)
 		}
 	}
-	admin := &http.Server{Handler: adminHandler(streams.metrics, handlePublish(streams.hub, cfg.publishToken)), ReadHeaderTimeout: cfg.readTimeout}
-	adminAddr := ""
-	if cfg.adminAddr != "" {
-		adminLn, err := net.Listen("tcp", cfg.adminAddr)
-		if err != nil {
-			return fmt.Errorf("listen on %s (-admin-addr): %w", cfg.adminAddr, err)
-		}
-		adminAddr = adminLn.Addr().String()
-		go admin.Serve(adminLn)
-		defer admin.Close()
+	adminAddr, closeAdmin, err := serveAdmin(cfg, streams.metrics, handlePublish(streams.hub, cfg.publishToken), logger)
+	if err != nil {
+		return err
 	}
+	defer closeAdmin()
 	// Ready once the listener is open: the kernel queues connections until Serve takes them.
 	ready.Store(true)
 	logger.Info("listening", "addr", ln.Addr().String(), "admin_addr", adminAddr, "interval", cfg.stream.Interval,
 		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
 		"retry_spread", cfg.stream.RetrySpread, "dead_client_timeout", cfg.deadClientAfter,
 		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
+		"max_clients_per_ip", cfg.stream.MaxClientsPerIP, "trusted_proxies", cfg.trustedProxies,
 		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
 		"idle_timeout", cfg.idleTimeout, "shutdown_delay", cfg.shutdownDelay, "shutdown_timeout", cfg.shutdownTimeout,
 		"body_limit", cfg.bodyLimit, "max_header_bytes", cfg.maxHeaderBytes, "fd_margin", cfg.fdMargin,
@@ -138,12 +123,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	ready.Store(false)
 	if cfg.shutdownDelay > 0 {
-		logger.Info("draining", "open_streams", streams.Clients(), "for", cfg.shutdownDelay)
+		logger.Info("draining", "open_streams", streams.StreamsOpen(), "for", cfg.shutdownDelay)
 		time.Sleep(cfg.shutdownDelay)
 	}
 	start := time.Now()
 	deadline := start.Add(cfg.shutdownTimeout)
-	logger.Info("shutting down", "open_streams", streams.Clients())
+	logger.Info("shutting down", "open_streams", streams.StreamsOpen())
 	// A write that a stalled client blocks would wait out its own deadline: give it half
 	// the shutdown time at most.
 	streams.Shutdown(start.Add(min(cfg.stream.WriteTimeout, cfg.shutdownTimeout/2)))
@@ -157,7 +142,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		shutdownErr = err
 	}
 	if shutdownErr != nil {
-		return fmt.Errorf("shutdown after %s with %d streams open: %w", cfg.shutdownTimeout, streams.Clients(), shutdownErr)
+		return fmt.Errorf("shutdown after %s with %d streams open: %w", cfg.shutdownTimeout, streams.StreamsOpen(), shutdownErr)
 	}
 	if err := <-served; err != nil {
 		return fmt.Errorf("serve on %s: %w", ln.Addr(), err)
@@ -167,16 +152,27 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 }
 
 // newLogger returns the logger that cfg asks for: text or JSON lines on w, at debug level
-// with -v.
+// with -v. Durations read the same in both, as Go duration strings ("4s", "1m30s"): the
+// JSON handler would otherwise write them as integer nanoseconds.
 func newLogger(w io.Writer, cfg config) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
 	if cfg.verbose {
 		opts.Level = slog.LevelDebug
 	}
 	if cfg.logFormat == "json" {
+		opts.ReplaceAttr = durationString
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// durationString writes a duration attribute as the text handler does, with
+// time.Duration.String.
+func durationString(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // version describes the binary from its build information: module version, VCS revision
@@ -198,26 +194,6 @@ func version() string {
 		revision += "+modified"
 	}
 	return fmt.Sprintf("sse-dashboard %s revision %s %s %s", info.Main.Version, revision, settings["vcs.time"], info.GoVersion)
-}
-
-// fitMaxClients lowers -max-clients, with a warning, to what the open-file limit can hold
-// beside -fd-margin other files. Lowering rather than refusing to start keeps the default
-// working wherever the limit is low, and clients over the limit get the overload answer.
-func fitMaxClients(cfg *config, logger *slog.Logger) error {
-	limit, err := openFileLimit()
-	if err != nil {
-		return err
-	}
-	fitted, err := fitOpenFiles(cfg.stream.MaxClients, limit, cfg.fdMargin)
-	if err != nil {
-		return err
-	}
-	if fitted < cfg.stream.MaxClients {
-		logger.Warn("lowering -max-clients to fit the open-file limit", "max_clients", fitted,
-			"asked", cfg.stream.MaxClients, "open_file_limit", limit, "fd_margin", cfg.fdMargin)
-		cfg.stream.MaxClients = fitted
-	}
-	return nil
 }
 
 // newApp builds the Fiber app with every public route. It returns the SSE handler, so that
@@ -254,57 +230,6 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 	return app, streams
 }
 
-// offWorker runs h on a short-lived goroutine and waits for it, then panics again on the
-// calling goroutine if h panicked, so that the recover middleware still answers 500.
-// fasthttp's worker goroutine writes a stream's body for the stream's whole life, and a
-// goroutine's stack, once grown, stays grown while that much of it is in use: converting
-// the request for net/http on the worker would take its stack from 4 to 8 KB for every open
-// stream, while the short-lived goroutine gives that depth back when the handler returns.
-func offWorker(h fiber.Handler) fiber.Handler {
-	return func(c *fiber.Ctx) error {
-		var err error
-		var panicked any
-		done := make(chan struct{})
-		go func() {
-			defer func() {
-				panicked = recover()
-				close(done)
-			}()
-			err = h(c)
-		}()
-		<-done
-		if panicked != nil {
-			panic(panicked)
-		}
-		return err
-	}
-}
-
-// rejectUnknownVersions answers 505 to a request in any HTTP version but 1.x. fasthttp
-// would serve HTTP/0.9 or HTTP/9.9 as if it were HTTP/1.0; a later 1.x is served as 1.1.
-func rejectUnknownVersions(c *fiber.Ctx) error {
-	proto := c.Request().Header.Protocol()
-	if len(proto) != len("HTTP/1.1") || !bytes.HasPrefix(proto, []byte("HTTP/1.")) || proto[7] < '0' || proto[7] > '9' {
-		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
-		return c.Status(fiber.StatusHTTPVersionNotSupported).SendString("505 http version not supported: this server speaks HTTP/1.0 and HTTP/1.1\n")
-	}
-	return c.Next()
-}
-
-// rejectAmbiguousPaths answers 400 to a path with dot segments, encoded slashes, dots or
-// backslashes. Only scanners send them, and serving what they normalise to would hide
-// what was asked for.
-func rejectAmbiguousPaths(c *fiber.Ctx) error {
-	target, _, _ := strings.Cut(string(c.Request().Header.RequestURI()), "?")
-	lower := strings.ToLower(target)
-	if strings.Contains(target+"/", "/../") || strings.Contains(target+"/", "/./") || strings.ContainsRune(target, '\\') ||
-		strings.Contains(lower, "%2f") || strings.Contains(lower, "%2e") || strings.Contains(lower, "%5c") {
-		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
-		return c.Status(fiber.StatusBadRequest).SendString("400 bad request: path has dot segments or encoded separators\n")
-	}
-	return c.Next()
-}
-
 // handlePreflight answers a CORS preflight for /sse from any origin. EventSource sends none,
 // but fetch-based SSE clients that set Last-Event-ID do.
 func handlePreflight(c *fiber.Ctx) error {
@@ -315,17 +240,17 @@ func handlePreflight(c *fiber.Ctx) error {
 	return c.SendStatus(fiber.StatusNoContent)
 }
 
-// health is the body of /healthz.
+// health is the body of /healthz. StreamsOpen is the number sse_streams_open reports.
 type health struct {
-	Status  string `json:"status"`
-	Clients int64  `json:"clients"`
+	Status      string `json:"status"`
+	StreamsOpen int64  `json:"streams_open"`
 }
 
 // handleHealth reports that the server answers and how many streams it holds.
 func handleHealth(streams *sseHandler) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		c.Set("Cache-Control", "no-store")
-		return c.JSON(health{Status: "ok", Clients: streams.Clients()})
+		return c.JSON(health{Status: "ok", StreamsOpen: streams.StreamsOpen()})
 	}
 }
 
@@ -339,75 +264,5 @@ func handleReady(ready *atomic.Bool) fiber.Handler {
 			return c.Status(fiber.StatusServiceUnavailable).SendString("503 shutting down\n")
 		}
 		return c.SendString("ready\n")
-	}
-}
-
-// handlePage serves the embedded page and its assets, so the binary runs from any directory.
-// origins are the other origins whose streams the page may show (-page-sources): the
-// Content-Security-Policy lets it connect to them alone, and the page reads them from its
-// page-sources meta tag, filled in here once, so the page stays the same for the life of the process.
-func handlePage(origins []string) fiber.Handler {
-	type file struct {
-		body        []byte
-		contentType string
-	}
-	files := make(map[string]file)
-	entries, err := webFiles.ReadDir("web")
-	if err != nil {
-		panic(err) // the files are compiled in: this cannot fail at run time
-	}
-	for _, entry := range entries {
-		body, err := webFiles.ReadFile("web/" + entry.Name())
-		if err != nil {
-			panic(err)
-		}
-		files["/"+entry.Name()] = file{body, mime.TypeByExtension(path.Ext(entry.Name()))}
-	}
-	const emptySources = `<meta name="page-sources" content="">`
-	index := files["/index.html"]
-	if bytes.Count(index.body, []byte(emptySources)) != 1 {
-		panic("web/index.html must hold " + emptySources + " once")
-	}
-	sources := `<meta name="page-sources" content="` + html.EscapeString(strings.Join(origins, " ")) + `">`
-	index.body = bytes.Replace(index.body, []byte(emptySources), []byte(sources), 1)
-	files["/index.html"] = index
-	files["/"] = index
-	// The page may run only its own script and style, and open streams only on its own
-	// origin and those that -page-sources lists.
-	headers := map[string]string{
-		"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-			"connect-src " + strings.Join(append([]string{"'self'"}, origins...), " ") +
-			"; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-		"X-Content-Type-Options": "nosniff",
-		"Referrer-Policy":        "no-referrer",
-		"Cache-Control":          "no-cache",
-	}
-	return func(c *fiber.Ctx) error {
-		f, ok := files[c.Path()]
-		if !ok {
-			return fiber.ErrNotFound
-		}
-		for key, value := range headers {
-			c.Set(key, value)
-		}
-		c.Set(fiber.HeaderContentType, f.contentType)
-		return c.Send(f.body)
-	}
-}
-
-// handleError answers every failed request with its status and a one-line plain-text
-// reason, and logs server errors.
-func handleError(logger *slog.Logger) fiber.ErrorHandler {
-	return func(c *fiber.Ctx, err error) error {
-		code := fiber.StatusInternalServerError
-		var fe *fiber.Error
-		if errors.As(err, &fe) {
-			code = fe.Code
-		}
-		if code >= fiber.StatusInternalServerError {
-			logger.Error("request failed", "method", c.Method(), "path", c.Path(), "status", code, "error", err)
-		}
-		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
-		return c.Status(code).SendString(fmt.Sprintf("%d %s\n", code, strings.ToLower(http.StatusText(code))))
 	}
 }

@@ -304,7 +304,7 @@ func (s *testServer) healthClients(t *testing.T) int64 {
 	if err := json.Unmarshal([]byte(body), &h); err != nil || resp.StatusCode != http.StatusOK || h.Status != "ok" {
 		t.Fatalf("GET /healthz = %d %q (%v), want 200 with status ok", resp.StatusCode, body, err)
 	}
-	return h.Clients
+	return h.StreamsOpen
 }
 
 // logBuffer collects the server's log output so tests can wait for and count lines.

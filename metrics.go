@@ -1,14 +1,10 @@
 package main
 
 import (
-	"expvar"
-	"net/http"
-	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // rejectReason says why a request for the stream was turned away; it is a metric label.
@@ -16,9 +12,10 @@ type rejectReason string
 
 // The ways a request for the stream is turned away.
 const (
-	rejectMaxClients    rejectReason = "max_clients"    // -max-clients streams were open
-	rejectNotAcceptable rejectReason = "not_acceptable" // its Accept header ruled out text/event-stream
-	rejectBadRequest    rejectReason = "bad_request"    // its Accept header could not be parsed
+	rejectMaxClients      rejectReason = "max_clients"        // -max-clients streams were open
+	rejectMaxClientsPerIP rejectReason = "max_clients_per_ip" // its client address held -max-clients-per-ip streams
+	rejectNotAcceptable   rejectReason = "not_acceptable"     // its Accept header ruled out text/event-stream
+	rejectBadRequest      rejectReason = "bad_request"        // its Accept header could not be parsed
 )
 
 // metrics are one server's Prometheus metrics. Every series a stream touches is created up
@@ -83,7 +80,7 @@ func newMetrics(open func() float64, writeTimeout time.Duration) *metrics {
 	}, []string{"reason"})
 	reg.MustRegister(ended)
 	m.ended = make(map[endReason]prometheus.Counter)
-	for _, r := range []endReason{endClientGone, endWriteTimeout, endShutdown, endMaxLifetime, endTooSlow} {
+	for _, r := range []endReason{endClientGone, endWriteTimeout, endShutdown, endMaxLifetime, endTooSlow, endError} {
 		m.ended[r] = ended.WithLabelValues(string(r))
 	}
 	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -92,7 +89,7 @@ func newMetrics(open func() float64, writeTimeout time.Duration) *metrics {
 	}, []string{"reason"})
 	reg.MustRegister(rejected)
 	m.rejected = make(map[rejectReason]prometheus.Counter)
-	for _, r := range []rejectReason{rejectMaxClients, rejectNotAcceptable, rejectBadRequest} {
+	for _, r := range []rejectReason{rejectMaxClients, rejectMaxClientsPerIP, rejectNotAcceptable, rejectBadRequest} {
 		m.rejected[r] = rejected.WithLabelValues(string(r))
 	}
 	return m
@@ -122,19 +119,4 @@ func registerHistogram(reg *prometheus.Registry, opts prometheus.HistogramOpts) 
 	h := prometheus.NewHistogram(opts)
 	reg.MustRegister(h)
 	return h
-}
-
-// adminHandler serves the operators' routes: POST /publish, metrics in the Prometheus text
-// format, the profiler and expvar. It belongs on a listener of its own that the public cannot reach.
-func adminHandler(m *metrics, publish http.Handler) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("POST /publish", publish)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry}))
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	mux.Handle("GET /debug/vars", expvar.Handler())
-	return mux
 }

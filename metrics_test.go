@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -307,5 +308,43 @@ func TestVersion_PrintsTheRevision(t *testing.T) {
 	}
 	if rev := strings.TrimSpace(string(head)); !strings.Contains(string(out), rev) {
 		t.Errorf("-version printed %q, want the checkout's revision %s", out, rev)
+	}
+}
+
+func TestLog_DurationsAreGoDurationsInBothFormats(t *testing.T) {
+	for _, format := range []string{"text", "json"} {
+		t.Run(format, func(t *testing.T) {
+			srv := startServer(t, "-log-format", format, "-interval", "5ms", "-max-lifetime", "100ms")
+			readAll(t, openStream(t, srv.url, nil))
+			srv.logs.waitFor(t, regexp.MustCompile(`client disconnected`), 5*time.Second)
+			var interval, lasted string
+			for line := range strings.SplitSeq(strings.TrimSpace(srv.logs.String()), "\n") {
+				if format == "text" {
+					if m := regexp.MustCompile(`msg=listening .* interval=(\S+)`).FindStringSubmatch(line); m != nil {
+						interval = m[1]
+					}
+					if m := regexp.MustCompile(`msg="client disconnected" .*duration=(\S+)`).FindStringSubmatch(line); m != nil {
+						lasted = m[1]
+					}
+					continue
+				}
+				var entry map[string]any
+				if err := json.Unmarshal([]byte(line), &entry); err != nil {
+					t.Fatalf("log line %q is not JSON: %v", line, err)
+				}
+				switch entry["msg"] {
+				case "listening":
+					interval = fmt.Sprint(entry["interval"])
+				case "client disconnected":
+					lasted = fmt.Sprint(entry["duration"])
+				}
+			}
+			if interval != "5ms" {
+				t.Errorf("-log-format %s: listening interval = %q, want 5ms", format, interval)
+			}
+			if d, err := time.ParseDuration(lasted); err != nil || d < 50*time.Millisecond || d > 10*time.Second {
+				t.Errorf("-log-format %s: disconnect duration = %q (%v), want a Go duration near -max-lifetime 100ms", format, lasted, err)
+			}
+		})
 	}
 }

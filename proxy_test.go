@@ -311,7 +311,7 @@ func (r *replica) clients(t *testing.T) int64 {
 	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /healthz of replica %s = %d (%v), want 200 with JSON", r.addr, resp.StatusCode, err)
 	}
-	return h.Clients
+	return h.StreamsOpen
 }
 
 // reconnectMargin is what a busy machine may add to a client's wait across a reconnect: a

@@ -7,7 +7,6 @@ package main
 import (
 	"bytes"
 	"errors"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -112,59 +111,141 @@ func lastEventID(r *http.Request) (string, bool) {
 	return "", false
 }
 
+// mediaRange is one element of an Accept header (RFC 9110, section 12.5.1): a media type,
+// a type/* or */* range, in lower case, with its weight. An element that is not a
+// type/subtype pair has an empty typ and matches nothing.
+type mediaRange struct {
+	typ, subtype string
+	q            float64
+}
+
+// errBadWeight is the answer to an Accept header with a q parameter that is empty, repeated
+// or not a number from 0 to 1 with at most three decimals (RFC 9110, section 12.4.2).
+var errBadWeight = errors.New("Accept has a q value that is not a number from 0 to 1, or has it twice")
+
+// parseAccept parses Accept header values into their media ranges, skipping empty list
+// elements. A range that is not a type/subtype pair, or has a parameter without a value, is
+// kept but matches nothing; a bad weight anywhere is errBadWeight, so that every malformed
+// q gets the same answer. Parameters other than q, and anything after q, are ignored: what
+// a stream is sent does not depend on them.
+func parseAccept(values []string) ([]mediaRange, error) {
+	var ranges []mediaRange
+	for _, value := range values {
+		for _, element := range splitUnquoted(value, ',') {
+			params := splitUnquoted(element, ';')
+			if strings.TrimSpace(params[0]) == "" && len(params) == 1 {
+				continue
+			}
+			r := mediaRange{q: 1}
+			typ, subtype, ok := strings.Cut(strings.ToLower(strings.TrimSpace(params[0])), "/")
+			if ok && isToken(typ) && isToken(subtype) && (typ != "*" || subtype == "*") {
+				r.typ, r.subtype = typ, subtype
+			}
+			weighted := false
+			for _, param := range params[1:] {
+				name, value, hasValue := strings.Cut(strings.TrimSpace(param), "=")
+				if !strings.EqualFold(name, "q") {
+					if !hasValue || !isToken(name) {
+						r.typ = ""
+					}
+					continue
+				}
+				weight, ok := parseQValue(value)
+				if !ok || weighted {
+					return nil, errBadWeight
+				}
+				r.q, weighted = weight, true
+			}
+			ranges = append(ranges, r)
+		}
+	}
+	return ranges, nil
+}
+
+// splitUnquoted splits s at every sep outside a quoted string, as HTTP's list and
+// parameter syntax does (RFC 9110, section 5.6).
+func splitUnquoted(s string, sep byte) []string {
+	var parts []string
+	quoted, escaped, from := false, false, 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case escaped:
+			escaped = false
+		case quoted && c == '\\':
+			escaped = true
+		case c == '"':
+			quoted = !quoted
+		case !quoted && c == sep:
+			parts = append(parts, s[from:i])
+			from = i + 1
+		}
+	}
+	return append(parts, s[from:])
+}
+
+// isToken reports whether s is an HTTP token (RFC 9110, section 5.6.2).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// eventStreamRange returns the range of ranges that decides on text/event-stream: the most
+// specific one that matches it (text/event-stream, then text/*, then */*; the first of
+// equals), as RFC 9110, section 12.5.1 says, and how specific it is, 0 if none matches.
+func eventStreamRange(ranges []mediaRange) (mediaRange, int) {
+	var best mediaRange
+	bestRank := 0
+	for _, r := range ranges {
+		rank := 0
+		switch {
+		case r.typ == "text" && r.subtype == "event-stream":
+			rank = 3
+		case r.typ == "text" && r.subtype == "*":
+			rank = 2
+		case r.typ == "*" && r.subtype == "*":
+			rank = 1
+		}
+		if rank > bestRank {
+			best, bestRank = r, rank
+		}
+	}
+	return best, bestRank
+}
+
 // namesEventStream reports whether a request's Accept headers name text/event-stream itself,
 // as EventSource and SSE client libraries do, rather than allow it by a wildcard or by
 // sending no Accept header at all.
 func namesEventStream(accept []string) bool {
-	for _, value := range accept {
-		for item := range strings.SplitSeq(value, ",") {
-			mediaType, params, err := mime.ParseMediaType(item)
-			if err != nil || mediaType != "text/event-stream" {
-				continue
-			}
-			q, err := strconv.ParseFloat(params["q"], 64)
-			return err != nil || q != 0
-		}
+	ranges, err := parseAccept(accept)
+	if err != nil {
+		return false
 	}
-	return false
+	r, rank := eventStreamRange(ranges)
+	return rank == 3 && r.q > 0
 }
 
 // acceptsEventStream reports whether a request's Accept headers allow text/event-stream.
-// No Accept header, or an empty one, means anything goes, as for curl;
-// text/event-stream;q=0 refuses it even beside a wildcard. A q value that is not a number
-// from 0 to 1 with at most three decimals (RFC 9110, section 12.4.2) is an error.
+// No Accept header, or an empty one, means anything goes, as for curl. Otherwise the most
+// specific range that matches decides, whatever its place in the list: text/*;q=0 refuses
+// it beside */*, and text/event-stream;q=0 beside any wildcard. A malformed q is an error.
 func acceptsEventStream(accept []string) (bool, error) {
-	accepted, empty := false, true
-	for _, value := range accept {
-		for item := range strings.SplitSeq(value, ",") {
-			if strings.TrimSpace(item) == "" {
-				continue
-			}
-			empty = false
-			mediaType, params, err := mime.ParseMediaType(item)
-			if err != nil {
-				continue
-			}
-			refused := false
-			if q, ok := params["q"]; ok {
-				weight, ok := parseQValue(q)
-				if !ok {
-					return false, errors.New("Accept has a q value that is not a number from 0 to 1")
-				}
-				refused = weight == 0
-			}
-			switch mediaType {
-			case "text/event-stream":
-				if refused {
-					return false, nil
-				}
-				accepted = true
-			case "text/*", "*/*":
-				accepted = accepted || !refused
-			}
-		}
+	ranges, err := parseAccept(accept)
+	if err != nil {
+		return false, err
 	}
-	return accepted || empty, nil
+	if len(ranges) == 0 {
+		return true, nil
+	}
+	r, rank := eventStreamRange(ranges)
+	return rank > 0 && r.q > 0, nil
 }
 
 // parseQValue parses a weight as RFC 9110 writes it: 0 or 1, with up to three decimals

@@ -37,7 +37,22 @@ func TestAcceptsEventStream(t *testing.T) {
 		{"q just over 1", []string{"text/event-stream;q=1.001"}, false, true},
 		{"q not a number", []string{"text/event-stream;q=NaN"}, false, true},
 		{"q with four decimals", []string{"*/*;q=0.1234"}, false, true},
-		{"q empty makes the item unparsable", []string{"*/*;q="}, false, false},
+		{"q empty", []string{"*/*;q="}, false, true},
+		{"q without a value", []string{"text/event-stream;q"}, false, true},
+		{"q repeated", []string{"text/event-stream;q=0.5;q=1"}, false, true},
+		{"q repeated in another case", []string{"*/*;q=1;Q=1"}, false, true},
+		{"q quoted", []string{`text/event-stream;q="0.5"`}, false, true},
+		{"q in upper case", []string{"text/event-stream;Q=0"}, false, false},
+		{"spaces around parameters", []string{"text/event-stream ; q=0.5"}, true, false},
+		{"text wildcard refused beats any", []string{"text/*;q=0, */*"}, false, false},
+		{"any refused, text wildcard allowed", []string{"*/*;q=0, text/*"}, true, false},
+		{"exact beats a refused text wildcard", []string{"text/*;q=0, text/event-stream;q=0.1"}, true, false},
+		{"exact beats a refused any", []string{"*/*;q=0", "text/event-stream"}, true, false},
+		{"text wildcard beats a refused any, either order", []string{"text/*, */*;q=0"}, true, false},
+		{"other repeated parameters do not matter", []string{"text/event-stream;a=1;a=2"}, true, false},
+		{"comma inside a quoted parameter", []string{`text/html;x="a, text/event-stream", application/json`}, false, false},
+		{"wildcard type with a subtype", []string{"*/event-stream"}, false, false},
+		{"parameter without a value", []string{"text/event-stream;charset"}, false, false},
 		{"q exponent", []string{"*/*;q=1e-1"}, false, true},
 		{"bad q on another type", []string{"text/event-stream, text/html;q=9"}, false, true},
 	}
@@ -127,10 +142,30 @@ func TestNamesEventStream(t *testing.T) {
 		{[]string{"application/json", "Text/Event-Stream"}, true},
 		{[]string{"text/event-stream;q=0"}, false},
 		{[]string{"text/event-streams"}, false},
+		{[]string{"TEXT/EVENT-STREAM;Q=0.001"}, true},
+		{[]string{"text/*;q=0, text/event-stream"}, true},
+		{[]string{`text/html;x="text/event-stream"`}, false},
 	}
 	for _, tt := range tests {
 		if got := namesEventStream(tt.accept); got != tt.want {
 			t.Errorf("namesEventStream(%q) = %t, want %t", tt.accept, got, tt.want)
 		}
 	}
+}
+
+// FuzzAcceptsEventStream checks the Accept parser on any header: it never panics, a request
+// that names text/event-stream is one that accepts it, and an error is a bad weight.
+func FuzzAcceptsEventStream(f *testing.F) {
+	for _, seed := range []string{"", "text/event-stream", "text/*;q=0, */*", "*/*;q=", `a/b;x="\",;q=2"`, "text/event-stream;q=0.5;q=1", ";;,,"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, accept string) {
+		ok, err := acceptsEventStream([]string{accept})
+		if err != nil && (ok || !strings.Contains(strings.ToLower(accept), "q")) {
+			t.Fatalf("acceptsEventStream(%q) = %t, %v; an error must come from a q parameter, and refuse", accept, ok, err)
+		}
+		if err == nil && namesEventStream([]string{accept}) && !ok {
+			t.Fatalf("Accept %q names text/event-stream but does not accept it", accept)
+		}
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync/atomic"
 	"time"
 )
@@ -23,6 +24,7 @@ const (
 	endShutdown     endReason = "shutdown"      // the server is shutting down
 	endMaxLifetime  endReason = "max_lifetime"  // the stream reached -max-lifetime
 	endTooSlow      endReason = "too_slow"      // a topic stream fell a whole queue behind its topics
+	endError        endReason = "error"         // the stream could not go on: its HTTP/1.0 take-over failed, or its handler panicked
 )
 
 // stream is the writing side of one client's connection: reused buffers, the next id, and
@@ -34,6 +36,7 @@ type stream struct {
 	stop   *shutdown
 	m      *metrics
 	name   string       // the client, for the per-event log line
+	addr   netip.Addr   // the client address counted in MaxClientsPerIP, if any
 	logger *slog.Logger // set only when every event is logged
 
 	// A topic stream's: what the hub sends it (nil on a random stream, where events come
@@ -46,11 +49,12 @@ type stream struct {
 
 	keepalive *time.Timer
 	lastWrite time.Time
-	buf       []byte // frames waiting for the next write
-	json      []byte // scratch for one event's data
-	pending   int    // events in buf
-	nextID    uint64 // id of the next event framed
-	lastID    uint64 // id of the last event written
+	buf       []byte      // frames waiting for the next write
+	json      []byte      // scratch for one event's data
+	pending   int         // events in buf
+	logged    []DashBoard // the events in buf, kept only when every event is logged
+	nextID    uint64      // id of the next event framed
+	lastID    uint64      // id of the last event written
 	sent      int
 }
 
@@ -203,14 +207,15 @@ func (s *stream) flushTopicEvents(replayed bool) error {
 // whyWriteFailed tells why a write failed. Under the adaptor every failure is the same
 // closed pipe, so the reason comes from the shutdown state and the time the write took. A
 // client dropped by -dead-client-timeout counts as gone: the kernel's ETIMEDOUT reaches
-// neither the adaptor's writer nor, under net/http, the request's context.
+// neither the adaptor's writer nor, under net/http, the request's context. The flush of
+// the headers, before any write, has no deadline: when it fails, the client left.
 func (s *stream) whyWriteFailed() endReason {
 	switch {
 	case s.stop.started():
 		return endShutdown
 	case s.dropped != nil && s.dropped.Load():
 		return endTooSlow
-	case time.Since(s.lastWrite) >= s.cfg.WriteTimeout:
+	case !s.lastWrite.IsZero() && time.Since(s.lastWrite) >= s.cfg.WriteTimeout:
 		return endWriteTimeout
 	default:
 		return endClientGone
@@ -222,18 +227,25 @@ func (s *stream) queue(ev DashBoard) {
 	s.json = ev.AppendJSON(s.json[:0])
 	s.buf = appendEvent(s.buf, s.nextID, s.json)
 	if s.logger != nil {
-		s.logger.Debug("event", "client", s.name, "id", s.nextID, "user", ev.User)
+		s.logged = append(s.logged, ev)
 	}
 	s.nextID++
 	s.pending++
 }
 
-// flushEvents writes the buffered events in one write and counts them.
+// flushEvents writes the buffered events in one write and counts them. When every event is
+// logged, each is logged once the write has succeeded, so the log holds what the client got.
 func (s *stream) flushEvents() error {
 	err := s.write(s.buf)
 	s.buf = s.buf[:0]
+	logged := s.logged
+	s.logged = s.logged[:0]
 	if err != nil {
 		return err
+	}
+	first := s.nextID - uint64(s.pending)
+	for i, ev := range logged {
+		s.logger.Debug("event", "client", s.name, "id", first+uint64(i), "user", ev.User)
 	}
 	s.sent += s.pending
 	s.lastID = s.nextID - 1

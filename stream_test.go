@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -258,9 +259,61 @@ func TestStream_VerboseLogsEveryEvent(t *testing.T) {
 		for range 5 {
 			stream.nextEvent(t)
 		}
-		got := srv.logs.count("msg=event ")
-		if verbose && got < 5 || !verbose && got != 0 {
-			t.Errorf("verbose=%t: %d event lines for 5 events", verbose, got)
+		if verbose {
+			// Each event is logged once its write has succeeded, which may be after the client read it.
+			eventually(t, 5*time.Second, "5 event lines for 5 events", func() bool { return srv.logs.count("msg=event ") >= 5 })
+		} else if got := srv.logs.count("msg=event "); got != 0 {
+			t.Errorf("verbose=false: %d event lines for 5 events, want none", got)
+		}
+	}
+}
+
+func TestStream_HTTP10ResetBeforeFirstWriteIsClientGone(t *testing.T) {
+	srv := startServer(t, "-log-rate", "0")
+	const clients = 100
+	for range clients {
+		conn := dialRaw(t, srv.url)
+		if _, err := io.WriteString(conn, "GET /sse HTTP/1.0\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		conn.SetLinger(0)
+		conn.Close()
+	}
+	disconnect := regexp.MustCompile(`msg="client disconnected" .*`)
+	eventually(t, 10*time.Second, "every stream ends and logs why", func() bool {
+		return len(disconnect.FindAllString(srv.logs.String(), -1)) == clients
+	})
+	m := scrape(t, srv.adminURL)
+	if got := m[`sse_streams_ended_total{reason="write_timeout"}`]; got != 0 {
+		t.Errorf("%v of %d reset HTTP/1.0 streams counted as write_timeout, want 0: none stopped reading", got, clients)
+	}
+	if got := m[`sse_streams_ended_total{reason="client_gone"}`]; got != clients {
+		t.Errorf("%v of %d reset HTTP/1.0 streams counted as client_gone, want all", got, clients)
+	}
+	for _, line := range disconnect.FindAllString(srv.logs.String(), -1) {
+		if strings.Contains(line, "error=") {
+			t.Errorf("a client that left is logged with an error: %s", line)
+			break
+		}
+	}
+}
+
+func TestStream_VerboseLogsOnlyEventsWritten(t *testing.T) {
+	srv := startServer(t, "-v", "-interval", "5ms", "-log-rate", "0")
+	stream := openStream(t, srv.url, nil)
+	for range 3 {
+		stream.nextEvent(t)
+	}
+	stream.close()
+	end := srv.logs.waitFor(t, regexp.MustCompile(`msg="client disconnected" .*last_id=(\d+)`), 10*time.Second)
+	lastID, _ := strconv.Atoi(end)
+	events := regexp.MustCompile(`msg=event .*id=(\d+)`).FindAllStringSubmatch(srv.logs.String(), -1)
+	if len(events) < 3 {
+		t.Fatalf("%d event lines for at least 3 events written", len(events))
+	}
+	for _, m := range events {
+		if id, _ := strconv.Atoi(m[1]); id > lastID {
+			t.Errorf("event id=%d logged for a stream whose end says last_id=%d: only events written may be logged", id, lastID)
 		}
 	}
 }
