@@ -2,9 +2,7 @@ package main
 
 // End-to-end tests that drive the dashboard page in a real headless Chromium with chromedp.
 // They need Debian's chromium (apt-get install chromium); without it they skip, except on CI.
-// The README screenshot comes from the first test:
-//
-//	SCREENSHOT=$PWD/docs/dashboard.png go test -run TestBrowser_SameOrigin .
+// docs/page.md says how the README's screenshot is taken.
 
 import (
 	"bytes"
