@@ -272,6 +272,7 @@ func (h *sseHandler) serveTopics(s *stream, r *http.Request, topics []string) (e
 	defer h.hub.Unsubscribe(sub.sub)
 	h.logger.Debug("client subscribed", "client", s.name, "topics", topics, "last_event_id", lastID, "reset", string(sub.reset))
 	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.hub.metrics
+	s.lastID = sub.at
 	return s.run(h.topicOpening(sub), nil, r.Context().Done())
 }
 
@@ -319,8 +320,12 @@ func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.D
 	if !h.endLog.allow(string(reason)) {
 		return
 	}
+	var lastID any = s.lastID
+	if s.topicEvents != nil {
+		lastID = h.hub.id(s.lastID) // a topic stream's ids are the hub's, with its epoch
+	}
 	attrs := []any{"client", s.name, "duration", lasted.Round(time.Millisecond),
-		"events", s.sent, "last_id", s.lastID, "reason", string(reason)}
+		"events", s.sent, "last_id", lastID, "reason", string(reason)}
 	// A client that leaves is ordinary: what the write said about it would only mislead.
 	if err != nil && reason != endClientGone {
 		attrs = append(attrs, "error", err.Error())

@@ -256,6 +256,7 @@ type subscription struct {
 	sub      *subscriber
 	replay   []*hubEvent // events of its topics after the client's id, oldest first
 	position string      // the id the stream stands at before the replay: the client's, or the hub's last
+	at       uint64      // the sequence number in position
 	reset    resetReason // why the client's id could not be resumed, or ""
 }
 
@@ -273,6 +274,7 @@ func (h *hub) Subscribe(topics []string, lastID string, hasLastID bool, onDrop f
 	s := subscription{
 		sub:      &subscriber{topics: topics, queue: make(chan *hubEvent, h.queueLen), onDrop: onDrop, active: true},
 		position: h.id(h.seq),
+		at:       h.seq,
 	}
 	for _, topic := range topics {
 		subs := h.subscribers[topic]
@@ -292,7 +294,7 @@ func (h *hub) Subscribe(topics []string, lastID string, hasLastID bool, onDrop f
 		h.metrics.resets[reason].Inc()
 		return s
 	}
-	s.position = lastID
+	s.position, s.at = lastID, after
 	for i := range h.kept {
 		ev := h.ring[(h.head+i)%len(h.ring)]
 		if ev.seq > after && s.sub.wants(ev.topic) {
