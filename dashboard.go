@@ -65,21 +65,19 @@ func nextUsers(users uint) uint {
 	return uint(min(max(next, 0), maxUsers))
 }
 
-// publishDemo publishes a random walk of DashBoard values to topic every interval until ctx
-// ends: one producer for every subscriber, so every page on the topic shows the same numbers.
+// publishDemo publishes the values of one producer to topic until ctx ends: one random walk
+// for every subscriber, so every page on the topic shows the same numbers.
 func publishDemo(ctx context.Context, h *hub, topic string, interval time.Duration) {
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
-	users := rand.UintN(maxUsers + 1)
+	values := make(chan DashBoard, 1)
+	go produce(ctx, values, interval)
 	var data []byte
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-ticker.C:
+		case v := <-values:
+			data = v.AppendJSON(data[:0])
+			h.Publish(topic, "", data)
 		}
-		users = nextUsers(users)
-		data = (&DashBoard{User: users}).AppendJSON(data[:0])
-		h.Publish(topic, "", data)
 	}
 }

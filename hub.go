@@ -34,12 +34,19 @@ func checkTopic(name string) error {
 	if name == "" {
 		return errors.New("a topic name is empty")
 	}
-	if len(name) > maxTopicLength {
-		return fmt.Errorf("a topic name is %d bytes long, over %d", len(name), maxTopicLength)
+	return checkName("a topic name", name, maxTopicLength)
+}
+
+// checkName says which rule name (what it is, with its article) breaks, or returns nil: at most maxLength bytes of
+// ASCII letters, digits and the bytes of topicAlphabet, which need no quoting in a URL, an
+// SSE field or a log line.
+func checkName(what, name string, maxLength int) error {
+	if len(name) > maxLength {
+		return fmt.Errorf("%s is %d bytes long, over %d", what, len(name), maxLength)
 	}
 	for i := 0; i < len(name); i++ {
 		if c := name[i]; !isAlphanumeric(c) && strings.IndexByte(topicAlphabet, c) < 0 {
-			return fmt.Errorf("a topic name holds %q at byte %d: only A-Z a-z 0-9 and %s are allowed", c, i, topicAlphabet)
+			return fmt.Errorf("%s holds %q at byte %d: only A-Z a-z 0-9 and %s are allowed", what, c, i, topicAlphabet)
 		}
 	}
 	return nil
@@ -402,35 +409,26 @@ func newHubMetrics(reg *prometheus.Registry) *hubMetrics {
 // registerGauges registers the gauges that read h's state when scraped: subscribers, and the
 // history's size and age.
 func (h *hub) registerGauges(reg *prometheus.Registry) {
-	reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sse_hub_subscribers",
-			Help: "Topic streams subscribed now.",
-		}, func() float64 {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			return float64(h.subscribed)
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sse_hub_history_events",
-			Help: "Events the history keeps for clients that resume.",
-		}, func() float64 {
-			events, _, _ := h.historyState()
-			return float64(events)
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sse_hub_history_bytes",
-			Help: "Bytes of framed events the history keeps.",
-		}, func() float64 {
-			_, bytes, _ := h.historyState()
-			return float64(bytes)
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "sse_hub_history_age_seconds",
-			Help: "Age of the oldest event the history keeps (0 when it keeps none).",
-		}, func() float64 {
-			_, _, oldest := h.historyState()
-			return oldest.Seconds()
-		}),
-	)
+	subscribers := func() float64 {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return float64(h.subscribed)
+	}
+	history := func(pick func(events, bytes int, oldest time.Duration) float64) func() float64 {
+		return func() float64 { return pick(h.historyState()) }
+	}
+	for _, g := range []struct {
+		name, help string
+		value      func() float64
+	}{
+		{"sse_hub_subscribers", "Topic streams subscribed now.", subscribers},
+		{"sse_hub_history_events", "Events the history keeps for clients that resume.",
+			history(func(events, _ int, _ time.Duration) float64 { return float64(events) })},
+		{"sse_hub_history_bytes", "Bytes of framed events the history keeps.",
+			history(func(_, bytes int, _ time.Duration) float64 { return float64(bytes) })},
+		{"sse_hub_history_age_seconds", "Age of the oldest event the history keeps (0 when it keeps none).",
+			history(func(_, _ int, oldest time.Duration) float64 { return oldest.Seconds() })},
+	} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: g.name, Help: g.help}, g.value))
+	}
 }

@@ -122,13 +122,8 @@ func checkEventName(name string) error {
 	if name == "" {
 		return nil
 	}
-	if len(name) > maxEventName {
-		return fmt.Errorf("an event type is %d bytes long, over %d", len(name), maxEventName)
-	}
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; !isAlphanumeric(c) && strings.IndexByte(topicAlphabet, c) < 0 {
-			return fmt.Errorf("an event type holds %q at byte %d: only A-Z a-z 0-9 and %s are allowed", c, i, topicAlphabet)
-		}
+	if err := checkName("an event type", name, maxEventName); err != nil {
+		return err
 	}
 	for _, reserved := range reservedEvents {
 		if name == reserved {
