@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"strings"
 	"time"
@@ -109,6 +110,22 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	}
 	cfg.stream.TrustedProxies, _ = parseTrustedProxies(cfg.trustedProxies) // validate parsed it
 	return cfg, nil
+}
+
+// logListening logs the line that says the server listens, on addr and adminAddr, with
+// every setting it runs with.
+func (cfg config) logListening(logger *slog.Logger, addr, adminAddr string) {
+	logger.Info("listening", "addr", addr, "admin_addr", adminAddr, "interval", cfg.stream.Interval,
+		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
+		"retry_spread", cfg.stream.RetrySpread, "dead_client_timeout", cfg.deadClientAfter,
+		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
+		"max_clients_per_ip", cfg.stream.MaxClientsPerIP, "trusted_proxies", cfg.trustedProxies,
+		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
+		"idle_timeout", cfg.idleTimeout, "shutdown_delay", cfg.shutdownDelay, "shutdown_timeout", cfg.shutdownTimeout,
+		"body_limit", cfg.bodyLimit, "max_header_bytes", cfg.maxHeaderBytes, "fd_margin", cfg.fdMargin,
+		"log_rate", cfg.stream.LogRate, "history", cfg.stream.History.count, "history_age", cfg.stream.History.age,
+		"history_bytes", cfg.stream.History.bytes, "subscriber_queue", cfg.stream.SubscriberQueue,
+		"demo_topic", cfg.demoTopic, "publish_token_set", cfg.publishToken != "", "verbose", cfg.verbose)
 }
 
 // envName is the environment variable that sets a flag: -max-clients reads MAX_CLIENTS.

@@ -168,8 +168,10 @@ type hidesHijack struct{ http.ResponseWriter }
 // panicsOnWrite is a net/http middleware's writer whose Write panics, as a broken one may.
 type panicsOnWrite struct{ http.ResponseWriter }
 
+// Write panics.
 func (w panicsOnWrite) Write([]byte) (int, error) { panic("write panicked") }
 
+// Unwrap lets http.ResponseController flush and set deadlines on the writer underneath.
 func (w panicsOnWrite) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func TestHandler_OpenedMinusEndedIsOpenAfterEveryFailure(t *testing.T) {

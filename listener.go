@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -42,6 +43,24 @@ type connListener struct {
 
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
+}
+
+// listen opens the public listener on cfg.addr, with the send buffer and TCP_USER_TIMEOUT
+// that cfg asks for on every connection, and warns when the system cannot apply
+// -dead-client-timeout.
+func listen(cfg config, logger *slog.Logger, acceptErrors prometheus.Counter) (*connListener, error) {
+	tcp, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.addr, err)
+	}
+	ln := newConnListener(tcp, logger, acceptErrors)
+	ln.sendBuffer, ln.userTimeout = cfg.sendBuffer, cfg.deadClientAfter
+	if cfg.deadClientAfter > 0 {
+		if err := checkUserTimeout(); err != nil {
+			logger.Warn("-dead-client-timeout does not work on this system: a client that vanishes without closing its connection stays counted until the kernel gives up (about 15 minutes)", "error", err)
+		}
+	}
+	return ln, nil
 }
 
 // newConnListener wraps ln, logging accept errors to logger and counting them in acceptErrors.

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -79,18 +78,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	var ready atomic.Bool
 	app, streams := newApp(cfg, logger, &ready)
-	tcp, err := net.Listen("tcp", cfg.addr)
+	ln, err := listen(cfg, logger, streams.metrics.acceptErrors)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.addr, err)
+		return err
 	}
-	ln := newConnListener(tcp, logger, streams.metrics.acceptErrors)
-	ln.sendBuffer, ln.userTimeout = cfg.sendBuffer, cfg.deadClientAfter
 	defer ln.Close()
-	if cfg.deadClientAfter > 0 {
-		if err := checkUserTimeout(); err != nil {
-			logger.Warn("-dead-client-timeout does not work on this system: a client that vanishes without closing its connection stays counted until the kernel gives up (about 15 minutes)", "error", err)
-		}
-	}
 	adminAddr, closeAdmin, err := serveAdmin(cfg, streams.metrics, handlePublish(streams.hub, cfg.publishToken), logger)
 	if err != nil {
 		return err
@@ -98,15 +90,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	defer closeAdmin()
 	// Ready once the listener is open: the kernel queues connections until Serve takes them.
 	ready.Store(true)
-	logger.Info("listening", "addr", ln.Addr().String(), "admin_addr", adminAddr, "interval", cfg.stream.Interval,
-		"keepalive", cfg.stream.Keepalive, "buffer", cfg.stream.Buffer, "retry", cfg.stream.Retry,
-		"retry_spread", cfg.stream.RetrySpread, "dead_client_timeout", cfg.deadClientAfter,
-		"max_lifetime", cfg.stream.MaxLifetime, "max_clients", cfg.stream.MaxClients,
-		"max_clients_per_ip", cfg.stream.MaxClientsPerIP, "trusted_proxies", cfg.trustedProxies,
-		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
-		"idle_timeout", cfg.idleTimeout, "shutdown_delay", cfg.shutdownDelay, "shutdown_timeout", cfg.shutdownTimeout,
-		"body_limit", cfg.bodyLimit, "max_header_bytes", cfg.maxHeaderBytes, "fd_margin", cfg.fdMargin,
-		"log_rate", cfg.stream.LogRate, "verbose", cfg.verbose)
+	cfg.logListening(logger, ln.Addr().String(), adminAddr)
 
 	if cfg.demoTopic != "" {
 		demoCtx, stopDemo := context.WithCancel(ctx)
@@ -123,12 +107,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	ready.Store(false)
 	if cfg.shutdownDelay > 0 {
-		logger.Info("draining", "open_streams", streams.StreamsOpen(), "for", cfg.shutdownDelay)
+		logger.Info("draining", "streams_open", streams.StreamsOpen(), "for", cfg.shutdownDelay)
 		time.Sleep(cfg.shutdownDelay)
 	}
 	start := time.Now()
 	deadline := start.Add(cfg.shutdownTimeout)
-	logger.Info("shutting down", "open_streams", streams.StreamsOpen())
+	logger.Info("shutting down", "streams_open", streams.StreamsOpen())
 	// A write that a stalled client blocks would wait out its own deadline: give it half
 	// the shutdown time at most.
 	streams.Shutdown(start.Add(min(cfg.stream.WriteTimeout, cfg.shutdownTimeout/2)))

@@ -348,3 +348,23 @@ func TestLog_DurationsAreGoDurationsInBothFormats(t *testing.T) {
 		})
 	}
 }
+
+func TestAdmin_ProfilesRunForTheSecondsAsked(t *testing.T) {
+	srv := startServer(t)
+	client := &http.Client{Timeout: 20 * time.Second}
+	for _, path := range []string{"/debug/pprof/profile?seconds=1", "/debug/pprof/trace?seconds=1"} {
+		start := time.Now()
+		resp, err := client.Get(srv.adminURL + path)
+		if err != nil {
+			t.Fatalf("admin GET %s: %v", path, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || err != nil || len(body) == 0 {
+			t.Errorf("admin GET %s = %d, %d bytes (%v), want 200 with the profile", path, resp.StatusCode, len(body), err)
+		}
+		if took := time.Since(start); took < time.Second {
+			t.Errorf("admin GET %s took %s, want the second it asked for", path, took)
+		}
+	}
+}
