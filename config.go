@@ -45,7 +45,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs := flag.NewFlagSet("sse-dashboard", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.addr, "addr", cfg.addr, "address to listen on")
-	fs.StringVar(&cfg.adminAddr, "admin-addr", "127.0.0.1:3001", "address of the operators' listener: /metrics, /debug/pprof/, /debug/vars (empty = off); keep it private")
+	fs.StringVar(&cfg.adminAddr, "admin-addr", "127.0.0.1:3001", "address of the operators' listener: POST /publish, /metrics, /debug/pprof/, /debug/vars (empty = off); keep it private")
 	fs.DurationVar(&cfg.stream.Interval, "interval", time.Second, "how often each stream gets an event")
 	fs.DurationVar(&cfg.stream.Keepalive, "keepalive", 15*time.Second, "longest silence before a keepalive comment; also how soon a vanished client is noticed")
 	fs.DurationVar(&cfg.stream.Retry, "retry", 3*time.Second, "reconnect delay sent to clients")
