@@ -52,8 +52,9 @@ lint: ## gofmt, go vet and staticcheck
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
-# The symbols and DWARF stay in the test binary: BenchmarkStreams reads the servers'
-# goroutine stacks with them.
-bench: ## three servers side by side, thousands of streams (a few minutes), then the frame writer and one stream
+# The symbols and DWARF stay in the test binary: BenchmarkStreams and BenchmarkFanout read
+# the servers' goroutine stacks with them.
+bench: ## three servers side by side, thousands of streams, then 10k subscribers of one topic (minutes), the frame writer, one stream
 	$(GO) test -count=1 -timeout 20m -ldflags='-s=false -w=false' -run '^$$' -bench '^BenchmarkStreams$$' -benchtime 1x .
+	$(GO) test -count=1 -timeout 10m -ldflags='-s=false -w=false' -run '^$$' -bench '^BenchmarkFanout$$' -benchtime 1x .
 	$(GO) test -count=1 -run '^$$' -bench '^Benchmark(WriteEvent|Stream)$$' -benchmem .

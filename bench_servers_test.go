@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -25,8 +26,9 @@ import (
 	"github.com/gofiber/fiber/v2"
 )
 
-// benchServerEnv names the comparison server a re-executed test binary runs for
-// BenchmarkStreams: "net/http" or "fiber-native". This service itself runs as main.
+// benchServerEnv names the comparison server a re-executed test binary runs: "net/http" or
+// "fiber-native" for BenchmarkStreams, "net/http-broadcast" for BenchmarkFanout. This
+// service itself runs as main.
 const benchServerEnv = "SSE_DASHBOARD_BENCH_SERVER"
 
 // benchProfilesEnv names a directory where a server process started by BenchmarkStreams
@@ -107,6 +109,19 @@ func serveComparison(kind string, args []string) error {
 		mux.Handle("GET /sse", streams)
 		mux.Handle("GET /debug/vars", expvar.Handler())
 		// Requests share ctx, so that streams end at shutdown as they do under Fiber.
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: cfg.readTimeout,
+			BaseContext: func(net.Listener) context.Context { return ctx }}
+		go srv.Serve(ln)
+		<-ctx.Done()
+		return srv.Shutdown(context.Background())
+	case "net/http-broadcast":
+		b := &broadcast{queueLen: cfg.stream.SubscriberQueue, subscribers: make(map[chan []byte]struct{})}
+		open = b.open.Load
+		expvar.Publish("too_slow", expvar.Func(func() any { return b.tooSlow.Load() }))
+		mux := http.NewServeMux()
+		mux.Handle("GET /sse", b)
+		mux.HandleFunc("POST /publish", b.publish)
+		mux.Handle("GET /debug/vars", expvar.Handler())
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: cfg.readTimeout,
 			BaseContext: func(net.Listener) context.Context { return ctx }}
 		go srv.Serve(ln)
@@ -199,4 +214,92 @@ func fiberNativeStream(cfg streamConfig, open *atomic.Int64) fiber.Handler {
 		})
 		return nil
 	}
+}
+
+// broadcast is the plain net/http fan-out that BenchmarkFanout measures the hub against:
+// one topic, each published event framed once and the same bytes queued for every
+// subscriber, a subscriber whose queue is full dropped, as the hub does. It has none of
+// the rest: no history, no resume, no keepalive, no write deadline, no client limit.
+type broadcast struct {
+	queueLen int
+	open     atomic.Int64 // streams open now
+	tooSlow  atomic.Int64 // subscribers dropped for a full queue
+
+	mu          sync.Mutex
+	seq         uint64
+	subscribers map[chan []byte]struct{}
+}
+
+// ServeHTTP subscribes, sends the headers, then writes every frame queued for the stream,
+// those that queued up during a write in the next one, until the client leaves, the server
+// shuts down or publish drops the subscriber.
+func (b *broadcast) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	queue := make(chan []byte, b.queueLen)
+	b.mu.Lock()
+	b.subscribers[queue] = struct{}{}
+	b.mu.Unlock()
+	b.open.Add(1)
+	defer b.open.Add(-1)
+	defer func() {
+		b.mu.Lock()
+		delete(b.subscribers, queue)
+		b.mu.Unlock()
+	}()
+	setStreamHeaders(w.Header())
+	w.Header().Set("Access-Control-Allow-Origin", "*")
+	rc := http.NewResponseController(w)
+	if rc.Flush() != nil {
+		return
+	}
+	done := r.Context().Done()
+	for {
+		select {
+		case frame, ok := <-queue:
+			for ; ok; frame, ok = <-queue {
+				if _, err := w.Write(frame); err != nil {
+					return
+				}
+				if len(queue) == 0 {
+					break
+				}
+			}
+			if !ok || rc.Flush() != nil {
+				return
+			}
+		case <-done:
+			return
+		}
+	}
+}
+
+// publish reads a body of POST /publish, checked as the service checks it, frames the
+// event once and queues the frame for every subscriber, dropping those whose queue is full,
+// and answers with its id.
+func (b *broadcast) publish(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPublishBody))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	_, event, data, err := parsePublish(body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	b.mu.Lock()
+	b.seq++
+	id := strconv.FormatUint(b.seq, 10)
+	frame := appendNamedEvent(nil, []byte(id), event, data)
+	for queue := range b.subscribers {
+		select {
+		case queue <- frame:
+		default:
+			delete(b.subscribers, queue)
+			close(queue)
+			b.tooSlow.Add(1)
+		}
+	}
+	b.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, "{\"id\":%q}\n", id)
 }

@@ -151,20 +151,24 @@ func BenchmarkStreams(b *testing.B) {
 	}
 }
 
-// benchMetrics are the table's rows: a key, the unit for b.ReportMetric, and a label.
-var benchMetrics = []struct{ key, unit, label string }{
-	{"rss1k", "rss-KB/stream@1k", "RSS per stream, 1k streams (KB)"},
-	{"rss10k", "rss-KB/stream@10k", "RSS per stream, 10k streams (KB)"},
-	{"rss15k", "rss-KB/stream@15k", "RSS per stream, 15k streams (KB)"},
-	{"rss19k", "rss-KB/stream@19k", "RSS per stream, 19k streams held 60s (KB)"},
-	{"heap10k", "heap-KB/stream@10k", "heap per stream, 10k streams (KB)"},
-	{"stack10k", "stack-KB/stream@10k", "goroutine stacks per stream, 10k streams (KB)"},
-	{"gor10k", "goroutines/stream@10k", "goroutines per stream, 10k streams"},
-	{"evcpu", "events/cpu-s", "events per server CPU-second, 1k streams x 1ms"},
-	{"evs", "events/s", "delivered events/s, 1k streams x 1ms"},
-	{"accept", "accept5k-ms", "time to accept 5k streams (ms)"},
-	{"vanish", "vanish5k-ms", "5k clients vanish to clients=0 (ms)"},
-	{"shutdown", "shutdown5k-ms", "shutdown with 5k open streams (ms)"},
+// benchMetric is one row of a benchmark's table: the key its figures are recorded under,
+// the unit for b.ReportMetric, its label, and the target it is held to, if any.
+type benchMetric struct{ key, unit, label, target string }
+
+// benchMetrics are BenchmarkStreams' rows.
+var benchMetrics = []benchMetric{
+	{"rss1k", "rss-KB/stream@1k", "RSS per stream, 1k streams (KB)", ""},
+	{"rss10k", "rss-KB/stream@10k", "RSS per stream, 10k streams (KB)", ""},
+	{"rss15k", "rss-KB/stream@15k", "RSS per stream, 15k streams (KB)", ""},
+	{"rss19k", "rss-KB/stream@19k", "RSS per stream, 19k streams held 60s (KB)", ""},
+	{"heap10k", "heap-KB/stream@10k", "heap per stream, 10k streams (KB)", ""},
+	{"stack10k", "stack-KB/stream@10k", "goroutine stacks per stream, 10k streams (KB)", ""},
+	{"gor10k", "goroutines/stream@10k", "goroutines per stream, 10k streams", ""},
+	{"evcpu", "events/cpu-s", "events per server CPU-second, 1k streams x 1ms", ""},
+	{"evs", "events/s", "delivered events/s, 1k streams x 1ms", ""},
+	{"accept", "accept5k-ms", "time to accept 5k streams (ms)", ""},
+	{"vanish", "vanish5k-ms", "5k clients vanish to clients=0 (ms)", ""},
+	{"shutdown", "shutdown5k-ms", "shutdown with 5k open streams (ms)", ""},
 }
 
 // benchFigure is one measured value, and whether the phase that measured it fell short.
@@ -404,6 +408,389 @@ func measureThroughput(p *benchPhase) {
 	p.record("evs", events/t1.Sub(t0).Seconds())
 }
 
+// fanoutServers are the servers BenchmarkFanout compares: this service's hub, and a
+// broadcast on plain net/http that frames each event once and writes it to every subscriber.
+var fanoutServers = []benchServer{
+	{"fiber+adaptor", helperEnv + "=1", "fiber-adaptor-fanout", true},
+	{"net/http broadcast", benchServerEnv + "=net/http-broadcast", "net-http-broadcast-fanout", false},
+}
+
+// The load BenchmarkFanout puts on each server: subscribers of one topic, and publishes at
+// a steady rate for a fixed time, then at most fanoutDrain for the last deliveries.
+const (
+	fanoutTopic       = "fanout"
+	fanoutSubscribers = 10000
+	fanoutRate        = 10 // publishes a second
+	fanoutDuration    = 25 * time.Second
+	fanoutDrain       = 10 * time.Second
+	// Before that load, one publish a second for this long: what one publish costs alone.
+	fanoutSlowDuration = 10 * time.Second
+)
+
+// fanoutRequest subscribes a raw connection to the benchmark's topic.
+const fanoutRequest = "GET /sse?topic=" + fanoutTopic + " HTTP/1.1\r\nHost: sse-dashboard\r\nAccept: text/event-stream\r\n\r\n"
+
+// fanoutMetrics are BenchmarkFanout's rows, with the targets the service is held to.
+var fanoutMetrics = []benchMetric{
+	{"made@1", "delivered-%@1", "1 publish/s: deliveries made (%)", "100"},
+	{"p50@1", "p50-ms@1", "1 publish/s: latency p50 (ms)", ""},
+	{"p99@1", "p99-ms@1", "1 publish/s: latency p99 (ms)", "≤ 100"},
+	{"cpu@1", "cpu-us/delivery@1", "1 publish/s: server CPU per delivery (µs)", ""},
+	{"made", "delivered-%", "10 publishes/s: deliveries made, 10 s after the last (%)", "100"},
+	{"dps", "deliveries/s", "10 publishes/s: delivered/s in the 25 s of publishing", "100000"},
+	{"p50", "p50-ms", "10 publishes/s: latency p50 (ms)", ""},
+	{"p99", "p99-ms", "10 publishes/s: latency p99 (ms)", "≤ 100"},
+	{"p999", "p99.9-ms", "10 publishes/s: latency p99.9 (ms)", ""},
+	{"max", "max-ms", "10 publishes/s: latency max (ms)", ""},
+	{"rssidle", "rss-KB/subscriber-idle", "RSS per subscriber, subscribed, before publishing (KB)", ""},
+	{"rss", "rss-KB/subscriber", "RSS per subscriber, after publishing (KB)", "≤ 20"},
+	{"heap", "heap-KB/subscriber", "heap per subscriber, after publishing (KB)", ""},
+	{"stack", "stack-KB/subscriber", "goroutine stacks per subscriber (KB)", ""},
+	{"gor", "goroutines/subscriber", "goroutines per subscriber", ""},
+	{"cpu", "cpu-us/delivery", "10 publishes/s: server CPU per delivery (µs)", "reported"},
+	{"cores", "server-cores", "10 publishes/s: server CPU (cores)", ""},
+	{"clientcores", "client-cores", "10 publishes/s: the clients' CPU (cores)", ""},
+	{"pub99", "publish-p99-ms", "10 publishes/s: POST /publish answered, p99 (ms)", ""},
+	{"slow", "too-slow", "subscribers dropped as too slow", ""},
+	{"subscribe", "subscribe10k-ms", "time to subscribe 10k (ms)", ""},
+}
+
+// BenchmarkFanout subscribes 10,000 raw connections to one topic of each server, each in a
+// process of its own, publishes one event a second for 10 s and then 10 a second for 25 s,
+// each carrying the time it was sent, and prints a table: deliveries made, their rate,
+// publish→receive latency over all of them, and what a subscriber costs the server in
+// memory, goroutines and CPU. A target missed is said below the table; it does not fail
+// the benchmark, whose job is to measure. Run it with make bench.
+func BenchmarkFanout(b *testing.B) {
+	if b.N > 1 {
+		b.Skip("run with -benchtime 1x: one pass already takes about two minutes")
+	}
+	// Go raises the soft open-file limit to the hard one at start; the subscribers' sockets
+	// are this process's, the server's are its own.
+	var files syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &files); err != nil || files.Cur < fanoutSubscribers+500 {
+		b.Fatalf("open-file limit %d (%v): %d subscribers need %d (ulimit -n)", files.Cur, err, fanoutSubscribers, fanoutSubscribers+500)
+	}
+	dir, err := filepath.Abs(benchLogDir)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	if err != nil {
+		b.Fatalf("create the directory for the servers' logs: %v", err)
+	}
+	for _, s := range fanoutServers {
+		os.Remove(filepath.Join(dir, s.file+".log"))
+	}
+	fmt.Printf("server logs and profiles: %s/\n", dir)
+	results := &benchResults{dir: dir, figures: map[string]map[string][]benchFigure{}}
+	for _, s := range fanoutServers {
+		measureFanout(results.phase(s, 0, "fan-out"))
+	}
+	results.printNotes(os.Stdout)
+	fmt.Printf("%d subscribers of one topic; 1 publish/s for %s, then %d publishes/s for %s (%d deliveries/s);\n"+
+		"latency is publish→receive, over every delivery made\n",
+		fanoutSubscribers, fanoutSlowDuration, fanoutRate, fanoutDuration, fanoutSubscribers*fanoutRate)
+	results.printTable(os.Stdout, "one run", fanoutServers, fanoutMetrics)
+	fmt.Println("\ngoroutine stacks per subscriber by kind, after publishing:")
+	results.printKinds(os.Stdout, fanoutServers)
+	for _, miss := range results.missedTargets(fanoutServers[0].name) {
+		fmt.Println("target missed:", miss)
+	}
+	fmt.Printf("(heap and goroutine profiles with the subscribers: %s/*-fanout-heap.pprof, *-fanout-goroutine.txt;\n"+
+		"CPUPROFILE=file profiles this service's process)\n", dir)
+	for _, s := range fanoutServers {
+		b.Run(strings.ReplaceAll(s.name, "/", "-"), func(b *testing.B) {
+			for _, m := range fanoutMetrics {
+				if v, _, ok := results.median(s.name, m.key); ok {
+					b.ReportMetric(v, m.unit)
+				}
+			}
+		})
+	}
+}
+
+// missedTargets returns a line for each of BenchmarkFanout's targets that server missed.
+func (r *benchResults) missedTargets(server string) []string {
+	var missed []string
+	check := func(key string, ok func(v float64) bool, target string) {
+		if v, _, measured := r.median(server, key); !measured || !ok(v) {
+			missed = append(missed, fmt.Sprintf("%s: %s, got %s", server, target, r.cell(server, key)))
+		}
+	}
+	check("made@1", func(v float64) bool { return v >= 100 }, "every delivery made at 1 publish/s")
+	check("p99@1", func(v float64) bool { return v <= 100 }, "p99 ≤ 100 ms at 1 publish/s")
+	check("made", func(v float64) bool { return v >= 100 }, "every delivery made at 10 publishes/s")
+	check("p99", func(v float64) bool { return v <= 100 }, "p99 ≤ 100 ms at 10 publishes/s")
+	check("rss", func(v float64) bool { return v <= 20 }, "RSS per subscriber ≤ 20 KB")
+	return missed
+}
+
+// measureFanout runs BenchmarkFanout's loads against the phase's server, 1 publish a second
+// and then 10, and records its figures.
+func measureFanout(p *benchPhase) {
+	proc, err := startBenchServer(p, "-max-clients", "20000")
+	if err != nil {
+		p.fallShort(err)
+		return
+	}
+	defer proc.stop(p, 30*time.Second)
+	clients := &fanoutClients{addr: proc.addr}
+	defer clients.closeAll()
+	base, err := sampleProcess(proc)
+	if err != nil {
+		p.fallShort(err)
+		return
+	}
+	baseKinds, _ := goroutineStacks(proc.cmd.Process.Pid)
+
+	start := time.Now()
+	if err := dialAll(fanoutSubscribers, clients.dial); err != nil {
+		p.fallShort(err)
+		return
+	}
+	p.record("subscribe", ms(time.Since(start)))
+	if err := waitClients(proc, fanoutSubscribers); err != nil {
+		p.fallShort(err)
+		return
+	}
+	n := float64(fanoutSubscribers)
+	idle, err := sampleProcess(proc)
+	if err != nil {
+		p.fallShort(err)
+		return
+	}
+	p.record("rssidle", (idle.rssKB-base.rssKB)/n)
+
+	publishURL := "http://" + proc.addr + "/publish"
+	if proc.admin != "" {
+		publishURL = "http://" + proc.admin + "/publish"
+	}
+	if err := runFanoutLoad(p, proc, clients, publishURL, 1, fanoutSlowDuration, "@1"); err != nil {
+		p.fallShort(err)
+		return
+	}
+	if err := runFanoutLoad(p, proc, clients, publishURL, fanoutRate, fanoutDuration, ""); err != nil {
+		p.fallShort(err)
+		return
+	}
+
+	// A server still behind on its deliveries may take its turn to answer: three tries.
+	now, err := sampleProcess(proc)
+	for try := 1; err != nil && try < 3; try++ {
+		now, err = sampleProcess(proc)
+	}
+	if err != nil {
+		p.fallShort(err)
+		return
+	}
+	p.record("rss", (now.rssKB-base.rssKB)/n)
+	p.record("heap", (now.heapKB-base.heapKB)/n)
+	p.record("stack", (now.stackKB-base.stackKB)/n)
+	p.record("gor", float64(now.goroutines-base.goroutines)/n)
+	p.record("slow", float64(now.tooSlow))
+	p.recordKinds(proc, baseKinds, fanoutSubscribers)
+	if err := proc.writeProfiles(p); err != nil {
+		p.fallShort(fmt.Errorf("profiles: %w", err))
+	}
+}
+
+// runFanoutLoad publishes rate events a second for d to the subscribers of clients, waits
+// at most fanoutDrain for the last deliveries, and records, under keys ending in suffix,
+// the deliveries made and their rate, the latencies, the publish answers' p99, and the CPU
+// the server and the clients used.
+func runFanoutLoad(p *benchPhase, proc *benchProcess, clients *fanoutClients, publishURL string, rate int, d time.Duration, suffix string) error {
+	clients.takeLatencies()
+	cpu0, err0 := processCPU(proc)
+	clientCPU0, err1 := pidCPU(os.Getpid())
+	delivered0, t0 := clients.delivered.Load(), time.Now()
+	type outcome struct {
+		planned int
+		answers []time.Duration
+		err     error
+	}
+	publishing := make(chan outcome, 1)
+	go func() {
+		planned, answers, err := publishTimes(publishURL, rate, d)
+		publishing <- outcome{planned, answers, err}
+	}()
+	time.Sleep(time.Until(t0.Add(d)))
+	cpu1, err2 := processCPU(proc)
+	clientCPU1, err3 := pidCPU(os.Getpid())
+	delivered1, t1 := clients.delivered.Load(), time.Now()
+	publishes := <-publishing
+	// A publish that was not answered may still be delivered: every planned one counts.
+	expected := int64(publishes.planned) * fanoutSubscribers
+	for deadline := time.Now().Add(fanoutDrain); clients.delivered.Load()-delivered0 < expected && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	cpu2, err4 := processCPU(proc)
+	if err := errors.Join(err0, err1, err2, err3, err4); err != nil {
+		return err
+	}
+	if publishes.err != nil {
+		p.fallShort(publishes.err)
+	}
+	made := clients.delivered.Load() - delivered0
+	window := t1.Sub(t0).Seconds()
+	p.record("made"+suffix, 100*float64(made)/float64(max(expected, 1)))
+	p.record("dps"+suffix, float64(delivered1-delivered0)/window)
+	p.record("cpu"+suffix, float64((cpu2-cpu0).Microseconds())/float64(max(made, 1)))
+	p.record("cores"+suffix, (cpu1-cpu0).Seconds()/window)
+	p.record("clientcores"+suffix, (clientCPU1-clientCPU0).Seconds()/window)
+	p.record("pub99"+suffix, ms(percentile(publishes.answers, 0.99)))
+	latencies := clients.takeLatencies()
+	p.record("p50"+suffix, ms(percentile(latencies, 0.50)))
+	p.record("p99"+suffix, ms(percentile(latencies, 0.99)))
+	p.record("p999"+suffix, ms(percentile(latencies, 0.999)))
+	p.record("max"+suffix, ms(percentile(latencies, 1)))
+	return nil
+}
+
+// publishTimes posts an event to url rate times a second for d, on schedule whether or not
+// the publishes before have been answered, each event's data {"t":<unix ns>} the moment
+// it is sent. It returns how many it sent, how long each answered 200 took, and how many
+// were not answered 200 and why the first was not.
+func publishTimes(url string, rate int, d time.Duration) (int, []time.Duration, error) {
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	defer client.CloseIdleConnections()
+	every := time.Second / time.Duration(rate)
+	planned := int(d / every)
+	var (
+		mu       sync.Mutex
+		answers  = make([]time.Duration, 0, planned)
+		failed   int
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	start := time.Now()
+	for i := range planned {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * every)))
+		wg.Go(func() {
+			sent := time.Now()
+			body := fmt.Appendf(nil, `{"topic":%q,"data":{"t":%d}}`, fanoutTopic, sent.UnixNano())
+			resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					err = fmt.Errorf("POST /publish: %s", resp.Status)
+				}
+			}
+			took := time.Since(sent)
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				answers = append(answers, took)
+				return
+			}
+			if failed++; firstErr == nil {
+				firstErr = err
+			}
+		})
+	}
+	wg.Wait()
+	if failed > 0 {
+		return planned, answers, fmt.Errorf("%d of %d publishes not answered 200, the first: %w", failed, planned, firstErr)
+	}
+	return planned, answers, nil
+}
+
+// percentile returns the q-quantile (0 to 1) of durations, sorting them in place.
+func percentile(durations []time.Duration, q float64) time.Duration {
+	if len(durations) == 0 {
+		return 0
+	}
+	slices.Sort(durations)
+	return durations[min(len(durations)-1, int(q*float64(len(durations))))]
+}
+
+// fanoutClients are raw topic subscribers in this process. Each parses the time in every
+// event's data and keeps the event's publish→receive latency.
+type fanoutClients struct {
+	addr      string
+	dialed    atomic.Int64
+	delivered atomic.Int64
+
+	mu          sync.Mutex
+	conns       []*net.TCPConn
+	subscribers []*fanoutSubscriber
+}
+
+// fanoutSubscriber is the latency of each event one subscriber received since they were
+// last taken.
+type fanoutSubscriber struct {
+	mu        sync.Mutex
+	latencies []time.Duration
+}
+
+// dial subscribes one connection and starts reading it.
+func (c *fanoutClients) dial() error {
+	tcp, body, err := dialStream(c.addr, fanoutRequest, c.dialed.Add(1))
+	if err != nil {
+		return err
+	}
+	sub := &fanoutSubscriber{latencies: make([]time.Duration, 0, fanoutRate*int(fanoutDuration/time.Second))}
+	c.mu.Lock()
+	c.conns = append(c.conns, tcp)
+	c.subscribers = append(c.subscribers, sub)
+	c.mu.Unlock()
+	go c.read(body, sub)
+	return nil
+}
+
+// read records the latency of each event on the stream until it ends: the receive time
+// less the publish time in its data line, data: {"t":<unix ns>}.
+func (c *fanoutClients) read(r *bufio.Reader, sub *fanoutSubscriber) {
+	prefix := []byte(`data: {"t":`)
+	for {
+		line, err := r.ReadSlice('\n')
+		if err != nil {
+			return
+		}
+		rest, ok := bytes.CutPrefix(line, prefix)
+		if !ok {
+			continue
+		}
+		var sent int64
+		for _, d := range rest {
+			if d < '0' || d > '9' {
+				break
+			}
+			sent = sent*10 + int64(d-'0')
+		}
+		latency := time.Duration(time.Now().UnixNano() - sent)
+		sub.mu.Lock()
+		sub.latencies = append(sub.latencies, latency)
+		sub.mu.Unlock()
+		c.delivered.Add(1)
+	}
+}
+
+// closeAll resets every subscriber's connection, as clients that vanish without a goodbye.
+func (c *fanoutClients) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, conn := range c.conns {
+		conn.SetLinger(0) // no TIME_WAIT, so the next run finds free ports
+		conn.Close()
+	}
+	c.conns = nil
+}
+
+// takeLatencies returns every latency the subscribers recorded since the last call.
+func (c *fanoutClients) takeLatencies() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	all := make([]time.Duration, 0, c.delivered.Load())
+	for _, sub := range c.subscribers {
+		sub.mu.Lock()
+		all = append(all, sub.latencies...)
+		sub.latencies = sub.latencies[:0]
+		sub.mu.Unlock()
+	}
+	return all
+}
+
 // benchProcess is a server BenchmarkStreams runs in a process of its own, its output
 // going to its log file.
 type benchProcess struct {
@@ -501,13 +888,13 @@ func (proc *benchProcess) writeProfiles(p *benchPhase) error {
 
 // procSample is what the server process uses at one moment.
 type procSample struct {
-	rssKB, heapKB, stackKB float64
-	goroutines, clients    int
+	rssKB, heapKB, stackKB       float64
+	goroutines, clients, tooSlow int // tooSlow: topic streams dropped for a full queue
 }
 
 // sampleProcess reads the server's RSS from /proc, its heap and stacks from expvar, and
-// its goroutines and clients from its metrics (the service, on its admin listener) or
-// from expvar (the comparison servers).
+// its goroutines, clients and topic streams dropped as too slow from its metrics (the
+// service, on its admin listener) or from expvar (the comparison servers).
 func sampleProcess(proc *benchProcess) (procSample, error) {
 	rss, err := rssKB(proc.cmd.Process.Pid)
 	if err != nil {
@@ -526,6 +913,7 @@ func sampleProcess(proc *benchProcess) (procSample, error) {
 	var vars struct {
 		Clients    int `json:"clients"`
 		Goroutines int `json:"goroutines"`
+		TooSlow    int `json:"too_slow"`
 		Memstats   struct {
 			HeapInuse  float64 `json:"HeapInuse"`
 			StackInuse float64 `json:"StackInuse"`
@@ -535,13 +923,14 @@ func sampleProcess(proc *benchProcess) (procSample, error) {
 		return procSample{}, fmt.Errorf("decode the server's expvar: %w", err)
 	}
 	s := procSample{rssKB: float64(rss), heapKB: vars.Memstats.HeapInuse / 1024, stackKB: vars.Memstats.StackInuse / 1024,
-		goroutines: vars.Goroutines, clients: vars.Clients}
+		goroutines: vars.Goroutines, clients: vars.Clients, tooSlow: vars.TooSlow}
 	if proc.admin != "" {
 		samples, err := tryScrape(base)
 		if err != nil {
 			return procSample{}, fmt.Errorf("read the server's metrics: %w", err)
 		}
 		s.goroutines, s.clients = int(samples["go_goroutines"]), int(samples["sse_streams_open"])
+		s.tooSlow = int(samples[`sse_streams_ended_total{reason="too_slow"}`])
 	}
 	return s, nil
 }
@@ -563,9 +952,14 @@ func waitClients(proc *benchProcess, n int) error {
 
 // processCPU returns the user and system CPU time the server process has used.
 func processCPU(proc *benchProcess) (time.Duration, error) {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", proc.cmd.Process.Pid))
+	return pidCPU(proc.cmd.Process.Pid)
+}
+
+// pidCPU returns the user and system CPU time process pid has used, from /proc.
+func pidCPU(pid int) (time.Duration, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("read the server's CPU time: %w", err)
+		return 0, fmt.Errorf("read the CPU time of process %d: %w", pid, err)
 	}
 	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
 	utime, _ := strconv.Atoi(fields[11])
@@ -588,6 +982,11 @@ type benchClients struct {
 // ephemeral ports of one address do not run out, and returns once each has its first
 // bytes, or how many could not be opened and why the first failed.
 func (c *benchClients) open(n int) error {
+	return dialAll(n, c.dial)
+}
+
+// dialAll calls dial n times, 64 at a time, and returns how many failed and why the first did.
+func dialAll(n int, dial func() error) error {
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	var firstErr error
@@ -596,7 +995,7 @@ func (c *benchClients) open(n int) error {
 	for range 64 {
 		wg.Go(func() {
 			for range next {
-				if err := c.dial(); err != nil {
+				if err := dial(); err != nil {
 					failed.Add(1)
 					once.Do(func() { firstErr = err })
 				}
@@ -616,21 +1015,8 @@ func (c *benchClients) open(n int) error {
 
 // dial opens one stream and starts reading it.
 func (c *benchClients) dial() error {
-	ip := net.IPv4(127, 0, 0, byte(2+c.dialed.Add(1)%8))
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 10 * time.Second}
-	conn, err := d.Dial("tcp", c.addr)
+	tcp, body, err := dialStream(c.addr, streamRequest, c.dialed.Add(1))
 	if err != nil {
-		return err
-	}
-	tcp := conn.(*net.TCPConn)
-	io.WriteString(tcp, streamRequest)
-	r := bufio.NewReaderSize(tcp, 512)
-	resp, err := http.ReadResponse(r, nil)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("status %s", resp.Status)
-	}
-	if err != nil {
-		tcp.Close()
 		return err
 	}
 	last := new(atomic.Uint64)
@@ -638,8 +1024,31 @@ func (c *benchClients) dial() error {
 	c.conns = append(c.conns, tcp)
 	c.lastID = append(c.lastID, last)
 	c.mu.Unlock()
-	go c.read(bufio.NewReaderSize(resp.Body, 512), last)
+	go c.read(body, last)
 	return nil
+}
+
+// dialStream connects to addr from the loopback address that n picks out of eight, sends
+// request and reads the response's headers; it returns the connection and a reader of the
+// stream's body, or an error if the answer is not 200.
+func dialStream(addr, request string, n int64) (*net.TCPConn, *bufio.Reader, error) {
+	ip := net.IPv4(127, 0, 0, byte(2+n%8))
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 10 * time.Second}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	tcp := conn.(*net.TCPConn)
+	io.WriteString(tcp, request)
+	resp, err := http.ReadResponse(bufio.NewReaderSize(tcp, 512), nil)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %s", resp.Status)
+	}
+	if err != nil {
+		tcp.Close()
+		return nil, nil, err
+	}
+	return tcp, bufio.NewReaderSize(resp.Body, 512), nil
 }
 
 // read counts a stream's events until it ends, and every id that does not follow the last.
@@ -717,57 +1126,85 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // service's ratio to net/http, a figure from a run that fell short marked with *, then
 // the stacks per goroutine kind.
 func (r *benchResults) print(w io.Writer) {
+	r.printNotes(w)
+	r.printTable(w, fmt.Sprintf("median of %d runs", benchRuns), benchServers, benchMetrics)
+	fmt.Fprintln(w, "\ngoroutine stacks per stream by kind, 10k streams (median of the runs):")
+	r.printKinds(w, benchServers)
+	fmt.Fprintf(w, "(a goroutine's stack doubles when a call needs more and halves at a GC only while less than a quarter\n"+
+		"of it is in use; heap and goroutine profiles at 10k streams: %s/*-heap.pprof, *-goroutine.txt)\n", r.dir)
+}
+
+// printNotes writes a line for each phase that fell short, and one for lost events.
+func (r *benchResults) printNotes(w io.Writer) {
 	for _, note := range r.notes {
 		fmt.Fprintln(w, "* fell short:", note)
 	}
 	if r.lost > 0 {
 		fmt.Fprintf(w, "! %d gaps in the streams' ids: events were lost\n", r.lost)
 	}
-	cell := func(server, key string) string {
-		v, short, ok := r.median(server, key)
-		switch {
-		case !ok:
-			return "–"
-		case short:
-			return fmt.Sprintf("%.1f*", v)
-		}
-		return fmt.Sprintf("%.1f", v)
+}
+
+// cell formats the median of a figure for a table, marked with * if a run that measured it
+// fell short, or a dash if none did.
+func (r *benchResults) cell(server, key string) string {
+	v, short, ok := r.median(server, key)
+	switch {
+	case !ok:
+		return "–"
+	case short:
+		return fmt.Sprintf("%.1f*", v)
 	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+// printTable writes one line per metric with a column per server (the first is this
+// service), the ratio of the first to the second, and the metric's target if any has one.
+func (r *benchResults) printTable(w io.Writer, title string, servers []benchServer, metrics []benchMetric) {
+	targets := slices.ContainsFunc(metrics, func(m benchMetric) bool { return m.target != "" })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "median of %d runs\t", benchRuns)
-	for _, s := range benchServers {
+	fmt.Fprintf(tw, "%s\t", title)
+	for _, s := range servers {
 		fmt.Fprintf(tw, "%s\t", s.name)
 	}
-	fmt.Fprintln(tw, "fiber+adaptor / net/http\t")
-	for _, m := range benchMetrics {
+	fmt.Fprintf(tw, "%s / %s\t", servers[0].name, servers[1].name)
+	if targets {
+		fmt.Fprint(tw, "target\t")
+	}
+	fmt.Fprintln(tw)
+	for _, m := range metrics {
 		fmt.Fprintf(tw, "%s\t", m.label)
-		for _, s := range benchServers {
-			fmt.Fprintf(tw, "%s\t", cell(s.name, m.key))
+		for _, s := range servers {
+			fmt.Fprintf(tw, "%s\t", r.cell(s.name, m.key))
 		}
-		ours, _, ok1 := r.median("fiber+adaptor", m.key)
-		theirs, _, ok2 := r.median("net/http", m.key)
+		ours, _, ok1 := r.median(servers[0].name, m.key)
+		theirs, _, ok2 := r.median(servers[1].name, m.key)
 		if ok1 && ok2 && theirs != 0 {
-			fmt.Fprintf(tw, "%.2f×\t\n", ours/theirs)
+			fmt.Fprintf(tw, "%.2f×\t", ours/theirs)
 		} else {
-			fmt.Fprintln(tw, "–\t")
+			fmt.Fprint(tw, "–\t")
 		}
+		if targets {
+			fmt.Fprintf(tw, "%s\t", m.target)
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 	if len(r.notes) > 0 {
 		fmt.Fprintln(w, "* from a run that fell short: see the lines above the table")
 	}
+}
 
-	fmt.Fprintln(w, "\ngoroutine stacks per stream by kind, 10k streams (median of the runs):")
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+// printKinds writes, per server and goroutine kind, how many goroutines of that kind each
+// stream has and the stack memory they hold and use.
+func (r *benchResults) printKinds(w io.Writer, servers []benchServer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "server\tgoroutine\tper stream\tKB each\tKB in use each\tKB per stream\t")
-	for _, s := range benchServers {
+	for _, s := range servers {
 		for _, label := range r.kinds[s.name] {
 			key := "kind:" + label + ":"
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", s.name, label, cell(s.name, key+"n"),
-				cell(s.name, key+"each"), cell(s.name, key+"used"), cell(s.name, key+"kb"))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", s.name, label, r.cell(s.name, key+"n"),
+				r.cell(s.name, key+"each"), r.cell(s.name, key+"used"), r.cell(s.name, key+"kb"))
 		}
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "(a goroutine's stack doubles when a call needs more and halves at a GC only while less than a quarter\n"+
-		"of it is in use; heap and goroutine profiles at 10k streams: %s/*-heap.pprof, *-goroutine.txt)\n", r.dir)
 }
