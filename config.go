@@ -73,7 +73,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.IntVar(&cfg.stream.History.count, "history", 10000, "topic events kept for clients that resume with Last-Event-ID (0 = none)")
 	fs.DurationVar(&cfg.stream.History.age, "history-age", 5*time.Minute, "longest a topic event is kept for clients that resume")
 	fs.IntVar(&cfg.stream.History.bytes, "history-bytes", 64<<20, "most bytes of framed topic events kept for clients that resume")
-	fs.IntVar(&cfg.stream.SubscriberQueue, "subscriber-queue", 256, "topic events queued for one stream; a stream that falls this far behind is ended and resumes from history")
+	fs.IntVar(&cfg.stream.SubscriberQueue, "subscriber-queue", 128, "topic events queued for one stream; a stream that falls this far behind is ended and resumes from history")
 	fs.StringVar(&cfg.publishToken, "publish-token", "", "bearer token that POST /publish needs (required when -admin-addr is not a loopback address)")
 	fs.StringVar(&cfg.demoTopic, "demo-topic", "", "publish a random DashBoard to this topic every -interval, so every page on ?topic= shows the same numbers (empty = off)")
 

@@ -80,7 +80,7 @@ type sseHandler struct {
 	streams     sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
 
 	mu      sync.Mutex
-	writers map[*http.ResponseController]struct{} // every open stream's, for Shutdown
+	writers map[*stream]struct{} // every open stream, for Shutdown
 }
 
 // handleSSE returns the SSE handler for cfg. When logger logs at debug level, every event
@@ -92,7 +92,7 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 		opening: appendRetry(nil, cfg.Retry, "stream opened"),
 		endLog:  newLogLimit(logger, cfg.LogRate, "client disconnected lines not logged"),
 		stop:    shutdown{done: make(chan struct{})},
-		writers: make(map[*http.ResponseController]struct{}),
+		writers: make(map[*stream]struct{}),
 	}
 	h.metrics = newMetrics(func() float64 { return float64(h.streamsOpen.Load()) }, cfg.WriteTimeout)
 	h.hub = newHub(cfg.History, cfg.SubscriberQueue, newHubMetrics(h.metrics.registry))
@@ -107,8 +107,8 @@ func (h *sseHandler) Shutdown(deadline time.Time) {
 	h.stop.begin(deadline)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for rc := range h.writers {
-		_ = rc.SetWriteDeadline(deadline) // a stream that has just ended may refuse: nothing to bound
+	for s := range h.writers {
+		_ = s.rc.SetWriteDeadline(deadline) // a stream that has just ended may refuse: nothing to bound
 	}
 }
 
@@ -152,7 +152,10 @@ func (h *sseHandler) admit() bool {
 
 // admitAddr takes a place among MaxClientsPerIP for the client address of r, and returns
 // that address, or the zero Addr when there is no such limit; it reports false when the
-// address holds as many streams as it may.
+// address holds as many streams as it may. It is a function of its own so that ServeHTTP's
+// stack frame, which every open stream keeps, stays small.
+//
+//go:noinline
 func (h *sseHandler) admitAddr(r *http.Request) (netip.Addr, bool) {
 	if h.cfg.MaxClientsPerIP == 0 {
 		return netip.Addr{}, true
@@ -182,16 +185,9 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "406 not acceptable: /sse only serves text/event-stream", http.StatusNotAcceptable)
 		return
 	}
-	var topics []string
-	if r.URL.RawQuery != "" {
-		if names, ok := r.URL.Query()["topic"]; ok {
-			var err error
-			if topics, err = parseTopics(names); err != nil {
-				h.metrics.rejected[rejectBadRequest].Inc()
-				http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
-				return
-			}
-		}
+	topics, ok := h.topicsOf(w, r)
+	if !ok {
+		return
 	}
 	if r.Method == http.MethodHead {
 		setStreamHeaders(header)
@@ -212,7 +208,9 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.streams.Add(1)
 	h.metrics.opened.Inc()
-	s := stream{
+	// On the heap, where the set of open streams holds it: a frame this size on the stack
+	// would double the stack that every open stream keeps.
+	s := &stream{
 		addr: addr,
 		cfg:  &h.cfg,
 		stop: &h.stop,
@@ -223,7 +221,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// and its place given back, so that opened - ended is the streams open at every moment.
 	start := time.Now()
 	reason, err := endError, errPanicked
-	defer func() { h.ended(&s, reason, err, time.Since(start)) }()
+	defer func() { h.ended(s, reason, err, time.Since(start)) }()
 	setStreamHeaders(header)
 	s.w, s.rc = w, http.NewResponseController(w)
 	if !r.ProtoAtLeast(1, 1) {
@@ -234,10 +232,14 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cd.Close()
 		s.w, s.rc = cd, http.NewResponseController(cd)
 	}
-	h.track(s.rc)
-	defer h.untrack(s.rc)
+	h.track(s)
+	defer h.untrack(s)
 	if topics != nil {
-		reason, err = h.serveTopics(&s, r, topics)
+		// The stream runs here, not in subscribe: one frame less on a stack that every open
+		// stream keeps.
+		sub, opening := h.subscribe(s, r, topics)
+		defer h.hub.Unsubscribe(sub)
+		reason, err = s.run(opening, nil, r.Context().Done())
 		return
 	}
 
@@ -256,24 +258,45 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	reason, err = s.run(h.opening, client.events, r.Context().Done())
 }
 
-// serveTopics streams the events of topics from the hub on s: first those after the
-// client's Last-Event-ID, or a reset event if the hub cannot resume there, then live ones,
-// until the client goes, the server shuts down, the stream reaches MaxLifetime or falls a
-// whole queue behind. A topic stream has no producer: it waits on its subscription. It is a
-// function of its own so that a random stream's frame does not hold a topic stream's state.
+// topicsOf returns the topics r asks for (none for the random stream), or answers 400 with
+// the rule a topic breaks and reports false. It is a function of its own so that ServeHTTP's
+// stack frame, which every open stream keeps, stays small.
 //
 //go:noinline
-func (h *sseHandler) serveTopics(s *stream, r *http.Request, topics []string) (endReason, error) {
+func (h *sseHandler) topicsOf(w http.ResponseWriter, r *http.Request) ([]string, bool) {
+	if r.URL.RawQuery == "" {
+		return nil, true
+	}
+	names, ok := r.URL.Query()["topic"]
+	if !ok {
+		return nil, true
+	}
+	topics, err := parseTopics(names)
+	if err != nil {
+		h.metrics.rejected[rejectBadRequest].Inc()
+		http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	return topics, true
+}
+
+// subscribe subscribes the topic stream s to topics, from the client's Last-Event-ID if it
+// sent one, and returns the subscription and the stream's first bytes. The stream then
+// writes what it missed (or a reset event, if the hub cannot resume there), then live
+// events, until the client goes, the server shuts down, the stream reaches MaxLifetime or
+// falls a whole queue behind. A topic stream has no producer: it waits on its subscription.
+//
+//go:noinline
+func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string) (*subscriber, []byte) {
 	lastID, hasLastID := lastEventID(r)
 	// A subscriber dropped while its client holds a write up gets that write cut at once.
 	rc := s.rc
 	cut := func() { _ = rc.SetWriteDeadline(time.Now()) }
 	sub := h.hub.Subscribe(topics, lastID, hasLastID, cut)
-	defer h.hub.Unsubscribe(sub.sub)
 	h.logger.Debug("client subscribed", "client", s.name, "topics", topics, "last_event_id", lastID, "reset", string(sub.reset))
 	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.hub.metrics
 	s.lastID = sub.at
-	return s.run(h.topicOpening(sub), nil, r.Context().Done())
+	return sub.sub, h.topicOpening(sub)
 }
 
 // topicOpening returns the first bytes of a topic stream: the retry delay, then the id the
@@ -290,17 +313,17 @@ func (h *sseHandler) topicOpening(sub subscription) []byte {
 	return appendNamedEvent(opening, []byte(sub.position), "reset", []byte(data))
 }
 
-// track adds an open stream's writer to those that Shutdown bounds.
-func (h *sseHandler) track(rc *http.ResponseController) {
+// track adds an open stream to those whose writes Shutdown bounds.
+func (h *sseHandler) track(s *stream) {
 	h.mu.Lock()
-	h.writers[rc] = struct{}{}
+	h.writers[s] = struct{}{}
 	h.mu.Unlock()
 }
 
-// untrack removes a stream's writer once the stream has ended.
-func (h *sseHandler) untrack(rc *http.ResponseController) {
+// untrack removes a stream once it has ended.
+func (h *sseHandler) untrack(s *stream) {
 	h.mu.Lock()
-	delete(h.writers, rc)
+	delete(h.writers, s)
 	h.mu.Unlock()
 }
 

@@ -100,16 +100,7 @@ func (s *stream) run(opening []byte, events <-chan DashBoard, requestDone <-chan
 				s.sayTooSlow()
 				return endTooSlow, nil
 			}
-			s.queueTopicEvent(ev)
-			// Events that queued up while the last write was under way go out in the same
-			// write; a queue closed meanwhile ends the stream on the next turn.
-			for n := len(s.topicEvents); n > 0; n-- {
-				if ev, ok = <-s.topicEvents; !ok {
-					break
-				}
-				s.queueTopicEvent(ev)
-			}
-			if err := s.flushTopicEvents(false); err != nil {
+			if err := s.writeTopicEvents(ev); err != nil {
 				return s.whyWriteFailed(), err
 			}
 		case <-s.keepalive.C:
@@ -179,6 +170,23 @@ func (s *stream) writeReplay() error {
 	return s.flushTopicEvents(true)
 }
 
+// writeTopicEvents writes ev and the topic events queued behind it in one write; a queue
+// closed meanwhile ends the stream on the next turn of run. It is a function of its own so
+// that run's frame, which every open stream keeps, stays small.
+//
+//go:noinline
+func (s *stream) writeTopicEvents(ev *hubEvent) error {
+	s.queueTopicEvent(ev)
+	for n := len(s.topicEvents); n > 0; n-- {
+		next, ok := <-s.topicEvents
+		if !ok {
+			break
+		}
+		s.queueTopicEvent(next)
+	}
+	return s.flushTopicEvents(false)
+}
+
 // queueTopicEvent adds a topic event's frame, framed once by the hub, to the stream's buffer.
 func (s *stream) queueTopicEvent(ev *hubEvent) {
 	s.buf = append(s.buf, ev.frame...)
@@ -243,15 +251,26 @@ func (s *stream) flushEvents() error {
 	if err != nil {
 		return err
 	}
-	first := s.nextID - uint64(s.pending)
-	for i, ev := range logged {
-		s.logger.Debug("event", "client", s.name, "id", first+uint64(i), "user", ev.User)
+	if len(logged) > 0 {
+		s.logWritten(logged)
 	}
 	s.sent += s.pending
 	s.lastID = s.nextID - 1
 	s.m.events.Add(float64(s.pending))
 	s.pending = 0
 	return nil
+}
+
+// logWritten logs each of the events just written, the last with the id before nextID. It is
+// a function of its own so that the frames of the write path, which every open stream's
+// stack must hold, stay small.
+//
+//go:noinline
+func (s *stream) logWritten(events []DashBoard) {
+	first := s.nextID - uint64(len(events))
+	for i, ev := range events {
+		s.logger.Debug("event", "client", s.name, "id", first+uint64(i), "user", ev.User)
+	}
 }
 
 // write sends p to the client and flushes it, within the write timeout (or the shutdown's
