@@ -33,6 +33,7 @@ type streamConfig struct {
 
 	History         historyLimits // what the topic hub keeps for clients that resume
 	SubscriberQueue int           // topic events queued for a subscriber before it counts as too slow
+	Auth            authConfig    // the keys, patterns and origins of private topics
 }
 
 // shutdown is the SSE handler's own done signal. It works the same under any server: the
@@ -72,6 +73,9 @@ type sseHandler struct {
 	opening []byte    // the first bytes of every stream: the retry delay and a comment
 	hub     *hub      // the topics' subscribers and history
 	endLog  *logLimit // bounds the lines that say why a stream ended
+
+	auth *authorizer // checks the tokens of private topics; nil when every topic is public
+	cors corsPolicy  // the origins whose pages may send credentials
 	// streamsOpen counts the streams open now, for MaxClients, /healthz and the metrics.
 	// A stream counts from its sse_streams_opened_total to its sse_streams_ended_total.
 	streamsOpen atomic.Int64
@@ -97,6 +101,8 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 	h.metrics = newMetrics(func() float64 { return float64(h.streamsOpen.Load()) }, cfg.WriteTimeout)
 	h.hub = newHub(cfg.History, cfg.SubscriberQueue, newHubMetrics(h.metrics.registry))
 	h.hub.registerGauges(h.metrics.registry)
+	h.auth = newAuthorizer(cfg.Auth, h.metrics.registry)
+	h.cors = corsPolicy{origins: cfg.Auth.origins}
 	return h
 }
 
@@ -172,7 +178,7 @@ var errPanicked = errors.New("the stream's handler panicked")
 // client goes, the server shuts down, or the stream reaches MaxLifetime.
 func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	header := w.Header()
-	header.Set("Access-Control-Allow-Origin", "*")
+	h.cors.setHeaders(header, r.Header.Get("Origin"))
 	if ok, err := acceptsEventStream(r.Header.Values("Accept")); err != nil {
 		h.metrics.rejected[rejectBadRequest].Inc()
 		http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
@@ -191,6 +197,16 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
 				return
 			}
+		}
+	}
+	// A private topic is refused before a place is taken or a byte of stream is sent, and a
+	// HEAD gets the same answer, so that a page can learn why its EventSource closed.
+	var expires time.Time
+	if topics != nil {
+		var refused *authError
+		if expires, refused = h.auth.authorizeSubscribe(r, topics); refused != nil {
+			refuseAuth(w, refused)
+			return
 		}
 	}
 	if r.Method == http.MethodHead {
@@ -237,7 +253,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.track(s.rc)
 	defer h.untrack(s.rc)
 	if topics != nil {
-		reason, err = h.serveTopics(&s, r, topics)
+		reason, err = h.serveTopics(&s, r, topics, expires)
 		return
 	}
 
@@ -259,11 +275,17 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serveTopics streams the events of topics from the hub on s: first those after the
 // client's Last-Event-ID, or a reset event if the hub cannot resume there, then live ones,
 // until the client goes, the server shuts down, the stream reaches MaxLifetime or falls a
-// whole queue behind. A topic stream has no producer: it waits on its subscription. It is a
-// function of its own so that a random stream's frame does not hold a topic stream's state.
+// whole queue behind, or its token expires at expires (never, if zero). A topic stream has
+// no producer: it waits on its subscription. It is a function of its own so that a random
+// stream's frame does not hold a topic stream's state.
 //
 //go:noinline
-func (h *sseHandler) serveTopics(s *stream, r *http.Request, topics []string) (endReason, error) {
+func (h *sseHandler) serveTopics(s *stream, r *http.Request, topics []string, expires time.Time) (endReason, error) {
+	if !expires.IsZero() {
+		expiry := time.NewTimer(time.Until(expires))
+		defer expiry.Stop()
+		s.authExpired = expiry.C
+	}
 	lastID, hasLastID := lastEventID(r)
 	// A subscriber dropped while its client holds a write up gets that write cut at once.
 	rc := s.rc
