@@ -176,11 +176,18 @@ func (a *authorizer) authorizeSubscribe(r *http.Request, topics []string) (time.
 	return claims.ExpiresAt.Add(tokenLeeway), nil
 }
 
-// verifyRequest finds r's token and verifies it.
+// verifyRequest finds r's token and verifies it. A token from the cookie counts only on a
+// request from this origin (no Origin header: a browser sends none on a same-origin GET)
+// or from one of -allowed-origins: any other page's browser would hide the answer from it
+// anyway, because the answer does not echo its origin, so the stream is refused before it
+// holds a place.
 func (a *authorizer) verifyRequest(r *http.Request) (*sseClaims, *authError) {
-	token, err := tokenFrom(r, a.cfg.cookie)
+	token, fromCookie, err := tokenFrom(r, a.cfg.cookie)
 	if err != nil {
 		return nil, err
+	}
+	if origin := r.Header.Get("Origin"); fromCookie && origin != "" && !slices.Contains(a.cfg.origins, origin) {
+		return nil, &authError{authForbidden, "a cookie counts only from the origins in -allowed-origins"}
 	}
 	return a.verify(token)
 }
@@ -194,20 +201,20 @@ func (a *authorizer) refuse(err *authError) *authError {
 // tokenFrom returns the token r carries: from "Authorization: Bearer", else from the
 // cookie named cookie, else from ?access_token=. A token in both the header and the query
 // is refused (RFC 6750, section 2: a client uses one method), as are two headers or two
-// query values; a cookie, which the browser adds by itself, yields to the header.
-func tokenFrom(r *http.Request, cookie string) (string, *authError) {
-	var token string
+// query values; a cookie, which the browser adds by itself, yields to the header. fromCookie
+// says where the token came from.
+func tokenFrom(r *http.Request, cookie string) (token string, fromCookie bool, _ *authError) {
 	headers := r.Header.Values("Authorization")
 	switch len(headers) {
 	case 0:
 	case 1:
 		scheme, value, ok := strings.Cut(headers[0], " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(value) == "" {
-			return "", &authError{authInvalid, "Authorization is not Bearer <token>"}
+			return "", false, &authError{authInvalid, "Authorization is not Bearer <token>"}
 		}
 		token = strings.TrimSpace(value)
 	default:
-		return "", &authError{authInvalid, "more than one Authorization header"}
+		return "", false, &authError{authInvalid, "more than one Authorization header"}
 	}
 	var query []string
 	if r.URL.RawQuery != "" {
@@ -215,24 +222,24 @@ func tokenFrom(r *http.Request, cookie string) (string, *authError) {
 	}
 	switch {
 	case len(query) > 1:
-		return "", &authError{authInvalid, "more than one " + accessTokenParam + " parameter"}
+		return "", false, &authError{authInvalid, "more than one " + accessTokenParam + " parameter"}
 	case len(query) == 1 && token != "":
-		return "", &authError{authInvalid, "a token in both Authorization and " + accessTokenParam + ": send one"}
+		return "", false, &authError{authInvalid, "a token in both Authorization and " + accessTokenParam + ": send one"}
 	}
 	if token == "" {
 		if c, err := r.Cookie(cookie); err == nil && c.Value != "" {
-			token = c.Value
+			token, fromCookie = c.Value, true
 		} else if len(query) == 1 {
 			token = query[0]
 		}
 	}
 	switch {
 	case token == "":
-		return "", &authError{authMissing, "a token is needed: Authorization: Bearer, the " + cookie + " cookie or " + accessTokenParam}
+		return "", false, &authError{authMissing, "a token is needed: Authorization: Bearer, the " + cookie + " cookie or " + accessTokenParam}
 	case len(token) > maxTokenLength:
-		return "", &authError{authInvalid, "the token is over " + strconv.Itoa(maxTokenLength) + " bytes"}
+		return "", false, &authError{authInvalid, "the token is over " + strconv.Itoa(maxTokenLength) + " bytes"}
 	}
-	return token, nil
+	return token, fromCookie, nil
 }
 
 // verify checks token's signature with a configured key for its algorithm, then its exp,

@@ -19,11 +19,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -224,6 +227,8 @@ func TestAuth_RefusesBadTokensWithTheReason(t *testing.T) {
 		{"by query", orders1 + "&access_token=" + url.QueryEscape(good), nil, 200, ""},
 		{"exp just past, within the leeway", orders1, bearer(hs256(t, claims(-2*time.Second, "orders/1"))), 200, ""},
 		{"nbf just ahead, within the leeway", orders1, bearer(hs256(t, nearlyValid)), 200, ""},
+		{"a cookie from another origin", orders1, http.Header{"Cookie": {"sse_token=" + good}, "Origin": {"https://evil.example"}}, 403, "a cookie counts only from the origins in -allowed-origins"},
+		{"a header from another origin", orders1, http.Header{"Authorization": {"Bearer " + good}, "Origin": {"https://evil.example"}}, 200, ""},
 		{"the header wins over the cookie", orders1, http.Header{"Authorization": {"Bearer " + good}, "Cookie": {"sse_token=garbage"}}, 200, ""},
 	} {
 		status, header, body := getTopic(t, srv, http.MethodGet, tt.target, tt.header)
@@ -247,14 +252,14 @@ func TestAuth_RefusesBadTokensWithTheReason(t *testing.T) {
 	}
 	m := scrape(t, srv.adminURL)
 	// Each refusal twice: GET and HEAD.
-	for reason, want := range map[string]float64{"missing": 2, "invalid": 2 * 12, "expired": 2, "forbidden": 2 * 2} {
+	for reason, want := range map[string]float64{"missing": 2, "invalid": 2 * 12, "expired": 2, "forbidden": 2 * 3} {
 		if got := m[`sse_auth_failures_total{reason="`+reason+`"}`]; got != want {
 			t.Errorf("sse_auth_failures_total{reason=%q} = %v, want %v", reason, got, want)
 		}
 	}
 	// Only the accepted GETs opened a stream; no refusal took a place.
-	if got := m["sse_streams_opened_total"]; got != 6 {
-		t.Errorf("sse_streams_opened_total = %v, want 6: the accepted GETs alone", got)
+	if got := m["sse_streams_opened_total"]; got != 7 {
+		t.Errorf("sse_streams_opened_total = %v, want 7: the accepted GETs alone", got)
 	}
 }
 
@@ -493,7 +498,7 @@ func FuzzTokenFrom(f *testing.F) {
 		if cookie != "" {
 			r.Header.Set("Cookie", cookie)
 		}
-		token, err := tokenFrom(r, "sse_token")
+		token, _, err := tokenFrom(r, "sse_token")
 		if err != nil {
 			quoted := func(input string) bool { return len(input) > 100 && strings.Contains(err.reason, input) }
 			if token != "" || err.reason == "" || quoted(authorization) || quoted(cookie) || quoted(query) {
@@ -798,5 +803,163 @@ func BenchmarkVerifyToken(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// corsRefused matches the console errors Chromium writes when CORS refuses a response.
+func corsRefused(m chromedp.ConsoleMessage) bool {
+	return m.Type == chromedp.ConsoleError && (strings.Contains(m.Text, "CORS policy") || strings.Contains(m.Text, "net::ERR_FAILED"))
+}
+
+func TestPage_PrivateTopicNotAuthorizedStopsAndSaysSo(t *testing.T) {
+	srv := startServerEnv(t, authEnv, "-publish-token", "pub")
+	token := hs256(t, grant(time.Hour, []string{"orders/1"}, nil))
+	b := newBrowser(t)
+	b.excuse("a topic the token does not grant answers 403", failedWith(http.StatusForbidden))
+	b.excuse("a topic without a token answers 401", failedWith(http.StatusUnauthorized))
+
+	b.navigate(t, srv.url+"/?topic=orders/2&access_token="+token)
+	d := b.waitForDashboard(t, "the refusal shown", `d.state === "not authorized"`)
+	if d.SrcNote != "Not authorized for this topic" || !d.SrcProblem || d.StateNote != "a new token is needed" || !strings.Contains(d.Announced, "not authorized") {
+		t.Errorf("403: #src-note %q (problem %t), state note %q, live region %q; want the refusal said as a problem, and announced",
+			d.SrcNote, d.SrcProblem, d.StateNote, d.Announced)
+	}
+	// The EventSource's GET and the page's HEAD, and no retry after them.
+	if n := metric(t, srv.adminURL, `sse_auth_failures_total{reason="forbidden"}`); n != 2 {
+		t.Errorf(`sse_auth_failures_total{reason="forbidden"} = %v once the page shows the refusal, want 2: the stream and the HEAD that asked why`, n)
+	}
+
+	b.navigate(t, srv.url+"/?topic=orders/1")
+	d = b.waitForDashboard(t, "the refusal without a token shown", `d.state === "not authorized"`)
+	if d.SrcNote != "Not authorized: no valid token" {
+		t.Errorf("401: #src-note %q, want Not authorized: no valid token", d.SrcNote)
+	}
+
+	b.navigate(t, srv.url+"/?topic=orders/1&access_token="+token)
+	b.waitForDashboard(t, "the granted topic open", `d.state === "open"`)
+	eventually(t, 5*time.Second, "the page subscribed", func() bool { return metric(t, srv.adminURL, "sse_hub_subscribers") == 1 })
+	publishAs(t, srv.adminURL, "pub", "orders/1", map[string]int{"User": 42})
+	d = b.waitForDashboard(t, "the granted topic's event", `d.value === "42"`)
+	if strings.Contains(d.Src, token) || strings.Contains(d.TryCurl, token) {
+		t.Errorf("the page shows its token: #src %q, try-it %q", d.Src, d.TryCurl)
+	}
+}
+
+// crossOriginPage is the page of origin A in the credentialed tests: it logs in at the
+// login origin (which sets an HttpOnly cookie for the host), then reads the stream with
+// withCredentials; on auth-expired it logs in again, so that the browser's own reconnect,
+// with its Last-Event-ID, carries the fresh cookie.
+const crossOriginPage = `<!doctype html>
+<meta charset="utf-8">
+<title>origin A</title>
+<link rel="icon" href="data:,">
+<script>
+window.ids = [];
+window.opens = 0;
+window.errors = 0;
+window.expired = 0;
+window.closed = false;
+const login = (ttl) => fetch(LOGIN + "/login?ttl=" + ttl, { credentials: "include" });
+login(TTL).then(() => {
+	const es = new EventSource(STREAM, { withCredentials: true });
+	es.onopen = () => { window.opens++; };
+	es.onmessage = (e) => { window.ids.push(e.lastEventId); };
+	es.onerror = () => { window.errors++; window.closed = es.readyState === EventSource.CLOSED; };
+	es.addEventListener("auth-expired", () => { window.expired++; login(3600); });
+}, () => { window.errors++; });
+</script>`
+
+// crossOriginState is what crossOriginPage has seen.
+type crossOriginState struct {
+	IDs     []string `json:"ids"`
+	Opens   int      `json:"opens"`
+	Errors  int      `json:"errors"`
+	Expired int      `json:"expired"`
+	Closed  bool     `json:"closed"`
+}
+
+// readCrossOrigin returns what crossOriginPage has seen.
+func readCrossOrigin(t *testing.T, b *browser) crossOriginState {
+	t.Helper()
+	return evaluate[crossOriginState](t, b, `({ids: window.ids, opens: window.opens, errors: window.errors, expired: window.expired, closed: window.closed})`)
+}
+
+func TestBrowser_PrivateTopicWithCookieAcrossOrigins(t *testing.T) {
+	// Origin A serves the page; the login origin sets the cookie; the service is a third
+	// origin. Cookies belong to a host, not a port, so the cookie the login origin sets on
+	// 127.0.0.1 travels to the service on 127.0.0.1 too: the three are cross-origin and
+	// same-site, as an app at app.example with its stream at sse.app.example would be.
+	var page atomic.Pointer[string]
+	pageMux := http.NewServeMux()
+	pageMux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) { serveHTML(*page.Load())(w, r) })
+	origin := startOtherOrigin(t, pageMux)
+	notAllowed := startOtherOrigin(t, pageMux)
+
+	loginMux := http.NewServeMux()
+	loginMux.HandleFunc("GET /login", func(w http.ResponseWriter, r *http.Request) {
+		ttl, err := strconv.Atoi(r.URL.Query().Get("ttl"))
+		if err != nil {
+			http.Error(w, "ttl", http.StatusBadRequest)
+			return
+		}
+		claims := grant(time.Duration(ttl)*time.Second, []string{"orders/1"}, nil)
+		token, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(testSecret))
+		http.SetCookie(w, &http.Cookie{Name: "sse_token", Value: token, Path: "/", HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
+		w.Header().Set("Access-Control-Allow-Origin", r.Header.Get("Origin"))
+		w.Header().Set("Access-Control-Allow-Credentials", "true")
+		w.Header().Set("Vary", "Origin")
+		fmt.Fprintln(w, "logged in")
+	})
+	login := startOtherOrigin(t, loginMux)
+	srv := startServerEnv(t, authEnv, "-allowed-origins", origin, "-publish-token", "pub", "-retry", "1s", "-retry-spread", "0")
+	html := strings.NewReplacer("LOGIN", jsString(t, login), "STREAM", jsString(t, topicURL(srv.url, "orders/1")), "TTL", "2").Replace(crossOriginPage)
+	page.Store(&html)
+
+	b := newBrowser(t)
+	b.excuse("the page of an origin not in -allowed-origins is refused by CORS", corsRefused)
+	// The server refuses the cookie of a page from an origin not in -allowed-origins (and
+	// the browser would hide a stream from it anyway): the page gets nothing.
+	b.excuse("the page of an origin not in -allowed-origins gets 403", failedWith(http.StatusForbidden))
+	b.navigate(t, notAllowed+"/")
+	b.waitFor(t, pageWait, "the not-allowed page's stream refused", `window.errors >= 1`)
+	if got := readCrossOrigin(t, b); len(got.IDs) != 0 || got.Opens != 0 {
+		t.Errorf("the page of a not-allowed origin saw %d opens and ids %v, want none", got.Opens, got.IDs)
+	}
+	eventually(t, 5*time.Second, "the not-allowed page refused", func() bool {
+		return metric(t, srv.adminURL, `sse_auth_failures_total{reason="forbidden"}`) >= 1
+	})
+	if n := metric(t, srv.adminURL, "sse_streams_opened_total"); n != 0 {
+		t.Errorf("sse_streams_opened_total = %v after the not-allowed page, want 0: refused before admission", n)
+	}
+
+	b.navigate(t, origin+"/")
+	b.waitFor(t, pageWait, "the allowed page's stream open", `window.opens === 1 || window.closed`)
+	if got := readCrossOrigin(t, b); got.Closed {
+		t.Fatalf("the allowed page's stream closed: %+v; the server log:\n%s", got, srv.logs.String())
+	}
+	if cookie := evaluate[string](t, b, `document.cookie`); strings.Contains(cookie, "sse_token") {
+		t.Errorf("document.cookie = %q, want the HttpOnly cookie hidden from scripts", cookie)
+	}
+	eventually(t, 5*time.Second, "the page subscribed", func() bool { return metric(t, srv.adminURL, "sse_hub_subscribers") == 1 })
+
+	// Publish until the token has expired, the page has logged in again and its EventSource
+	// has come back, then a few more: the page must have every id, once, in order.
+	var published []string
+	deadline := time.Now().Add(30 * time.Second)
+	for more := 5; more > 0 && time.Now().Before(deadline); {
+		published = append(published, publishAs(t, srv.adminURL, "pub", "orders/1", len(published)))
+		time.Sleep(100 * time.Millisecond)
+		if got := readCrossOrigin(t, b); got.Expired == 1 && got.Opens == 2 {
+			more--
+		}
+	}
+	b.waitFor(t, pageWait, "every published event on the page", fmt.Sprintf("window.ids.length >= %d", len(published)))
+	got := readCrossOrigin(t, b)
+	if !slices.Equal(got.IDs, published) || got.Expired != 1 || got.Opens != 2 || got.Closed {
+		t.Errorf("the page saw ids\n%v\n(%d opens, %d auth-expired, closed %t), want every published id once, in order, over 2 opens and 1 auth-expired:\n%v",
+			got.IDs, got.Opens, got.Expired, got.Closed, published)
+	}
+	if n := metric(t, srv.adminURL, `sse_streams_ended_total{reason="auth_expired"}`); n != 1 {
+		t.Errorf(`sse_streams_ended_total{reason="auth_expired"} = %v, want 1`, n)
 	}
 }
