@@ -54,6 +54,6 @@ lint: ## gofmt, go vet and staticcheck
 
 # The symbols and DWARF stay in the test binary: BenchmarkStreams reads the servers'
 # goroutine stacks with them.
-bench: ## three servers side by side, thousands of streams (a few minutes), then the frame writer and one stream
+bench: ## three servers side by side, thousands of streams (a few minutes), then the frame writer, one stream, one topic stream public and private, and a token verified (HS256, ES256)
 	$(GO) test -count=1 -timeout 20m -ldflags='-s=false -w=false' -run '^$$' -bench '^BenchmarkStreams$$' -benchtime 1x .
-	$(GO) test -count=1 -run '^$$' -bench '^Benchmark(WriteEvent|Stream)$$' -benchmem .
+	$(GO) test -count=1 -run '^$$' -bench '^Benchmark(WriteEvent|Stream|TopicStream|VerifyToken)$$' -benchmem .
