@@ -106,7 +106,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		"write_timeout", cfg.stream.WriteTimeout, "send_buffer", cfg.sendBuffer, "read_timeout", cfg.readTimeout,
 		"idle_timeout", cfg.idleTimeout, "shutdown_delay", cfg.shutdownDelay, "shutdown_timeout", cfg.shutdownTimeout,
 		"body_limit", cfg.bodyLimit, "max_header_bytes", cfg.maxHeaderBytes, "fd_margin", cfg.fdMargin,
-		"log_rate", cfg.stream.LogRate, "verbose", cfg.verbose)
+		"log_rate", cfg.stream.LogRate, "verbose", cfg.verbose,
+		// Whether JWT_SECRET is set, never its value.
+		"jwt_secret", cfg.jwtSecret != "", "jwt_key_file", cfg.jwtKeyFile, "jwt_audience", cfg.stream.Auth.audience,
+		"jwt_issuer", cfg.stream.Auth.issuer, "jwt_cookie", cfg.stream.Auth.cookie, "public_topics", cfg.publicTopics,
+		"allowed_origins", cfg.allowedOrigins)
 
 	if cfg.demoTopic != "" {
 		demoCtx, stopDemo := context.WithCancel(ctx)
