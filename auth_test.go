@@ -863,6 +863,8 @@ window.opens = 0;
 window.errors = 0;
 window.expired = 0;
 window.closed = false;
+window.otherOpens = 0;
+window.otherClosed = false;
 const login = (ttl) => fetch(LOGIN + "/login?ttl=" + ttl, { credentials: "include" });
 login(TTL).then(() => {
 	const es = new EventSource(STREAM, { withCredentials: true });
@@ -870,6 +872,10 @@ login(TTL).then(() => {
 	es.onmessage = (e) => { window.ids.push(e.lastEventId); };
 	es.onerror = () => { window.errors++; window.closed = es.readyState === EventSource.CLOSED; };
 	es.addEventListener("auth-expired", () => { window.expired++; login(3600); });
+	// A topic the cookie's token does not grant, beside the one it does.
+	const other = new EventSource(OTHER, { withCredentials: true });
+	other.onopen = () => { window.otherOpens++; };
+	other.onerror = () => { window.otherClosed = other.readyState === EventSource.CLOSED; };
 }, () => { window.errors++; });
 </script>`
 
@@ -916,7 +922,8 @@ func TestBrowser_PrivateTopicWithCookieAcrossOrigins(t *testing.T) {
 	})
 	login := startOtherOrigin(t, loginMux)
 	srv := startServerEnv(t, authEnv, "-allowed-origins", origin, "-publish-token", "pub", "-retry", "1s", "-retry-spread", "0")
-	html := strings.NewReplacer("LOGIN", jsString(t, login), "STREAM", jsString(t, topicURL(srv.url, "orders/1")), "TTL", "2").Replace(crossOriginPage)
+	html := strings.NewReplacer("LOGIN", jsString(t, login), "STREAM", jsString(t, topicURL(srv.url, "orders/1")),
+		"OTHER", jsString(t, topicURL(srv.url, "orders/2")), "TTL", "2").Replace(crossOriginPage)
 	page.Store(&html)
 
 	b := newBrowser(t)
@@ -936,10 +943,19 @@ func TestBrowser_PrivateTopicWithCookieAcrossOrigins(t *testing.T) {
 		t.Errorf("sse_streams_opened_total = %v after the not-allowed page, want 0: refused before admission", n)
 	}
 
+	forbiddenBefore := metric(t, srv.adminURL, `sse_auth_failures_total{reason="forbidden"}`)
 	b.navigate(t, origin+"/")
 	b.waitFor(t, pageWait, "the allowed page's stream open", `window.opens === 1 || window.closed`)
 	if got := readCrossOrigin(t, b); got.Closed {
 		t.Fatalf("the allowed page's stream closed: %+v; the server log:\n%s", got, srv.logs.String())
+	}
+	// The same cookie does not open orders/2: 403, and the browser gives up on that one alone.
+	b.waitFor(t, pageWait, "the orders/2 stream refused", `window.otherClosed === true`)
+	if opens := evaluate[int](t, b, `window.otherOpens`); opens != 0 {
+		t.Errorf("the orders/2 stream opened %d times, want 0: the token grants orders/1 alone", opens)
+	}
+	if n := metric(t, srv.adminURL, `sse_auth_failures_total{reason="forbidden"}`) - forbiddenBefore; n != 1 {
+		t.Errorf("sse_auth_failures_total{reason=\"forbidden\"} grew by %v for the orders/2 stream, want 1", n)
 	}
 	if cookie := evaluate[string](t, b, `document.cookie`); strings.Contains(cookie, "sse_token") {
 		t.Errorf("document.cookie = %q, want the HttpOnly cookie hidden from scripts", cookie)
