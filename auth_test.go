@@ -832,6 +832,24 @@ func TestPage_PrivateTopicNotAuthorizedStopsAndSaysSo(t *testing.T) {
 	if n := metric(t, srv.adminURL, `sse_auth_failures_total{reason="forbidden"}`); n != 2 {
 		t.Errorf(`sse_auth_failures_total{reason="forbidden"} = %v once the page shows the refusal, want 2: the stream and the HEAD that asked why`, n)
 	}
+	// What the refusal writes keeps to one line, as in every other state, and is readable.
+	// (The stream's URL is cut with an ellipsis at 320 px in every state of a topic stream.)
+	for _, width := range []int64{320, 1280} {
+		if err := chromedp.Do(b.ctx, chromedp.EmulateViewport(width, 700, chromedp.EmulateMobile)); err != nil {
+			t.Fatal(err)
+		}
+		b.navigate(t, srv.url+"/?topic=orders/2&access_token="+token)
+		shown := b.waitForDashboard(t, "the refusal shown", `d.state === "not authorized"`)
+		for _, l := range evaluate[cardLayout](t, b, cardLayoutJS).Lines {
+			if l.Text == shown.Src {
+				continue
+			}
+			t.Errorf("not authorized at %d px: %q takes %d lines and %d of %d px, want one line that fits", width, l.Text, l.Lines, l.ScrollWidth, l.ClientWidth)
+		}
+		if width == 1280 {
+			b.checkContrast(t, "not authorized at 1280 px")
+		}
+	}
 
 	b.navigate(t, srv.url+"/?topic=orders/1")
 	d = b.waitForDashboard(t, "the refusal without a token shown", `d.state === "not authorized"`)
