@@ -31,6 +31,10 @@ type config struct {
 	publishToken    string // bearer token POST /publish needs; required when the admin listener is not loopback
 	demoTopic       string // topic a producer publishes random DashBoards to every interval; empty = none
 	trustedProxies  string // comma-separated addresses and prefixes whose forwarding headers name the client
+	jwtSecret       string // JWT_SECRET, the HS256 key: from the environment alone, so that ps never shows it
+	jwtKeyFile      string // PEM or JWK set of the public keys that verify RS256, ES256 and EdDSA tokens
+	publicTopics    string // comma-separated topic patterns that need no token
+	allowedOrigins  string // comma-separated origins whose pages may send credentials to /sse
 	stream          streamConfig
 }
 
@@ -75,6 +79,12 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.IntVar(&cfg.stream.History.bytes, "history-bytes", 64<<20, "most bytes of framed topic events kept for clients that resume")
 	fs.IntVar(&cfg.stream.SubscriberQueue, "subscriber-queue", 128, "topic events queued for one stream; a stream that falls this far behind is ended and resumes from history")
 	fs.StringVar(&cfg.publishToken, "publish-token", "", "bearer token that POST /publish needs (required when -admin-addr is not a loopback address)")
+	fs.StringVar(&cfg.jwtKeyFile, "jwt-key-file", "", "PEM public keys or a JWK set file that verify RS256, ES256 and EdDSA tokens for private topics (HS256 takes its secret from JWT_SECRET alone; with neither, every topic is public)")
+	fs.StringVar(&cfg.stream.Auth.audience, "jwt-audience", "", "a token for a private topic must name this in its aud claim (empty = not checked)")
+	fs.StringVar(&cfg.stream.Auth.issuer, "jwt-issuer", "", "a token for a private topic must have this iss claim (empty = not checked)")
+	fs.StringVar(&cfg.stream.Auth.cookie, "jwt-cookie", "sse_token", "cookie that carries a token, after Authorization: Bearer and before ?access_token=")
+	fs.StringVar(&cfg.publicTopics, "public-topics", "", "comma-separated topic patterns (news,prices/*,public/**) that need no token when a JWT key is set")
+	fs.StringVar(&cfg.allowedOrigins, "allowed-origins", "", "comma-separated origins (https://app.example) whose pages may read /sse with credentials (EventSource withCredentials: a cookie); others get Access-Control-Allow-Origin: *")
 	fs.StringVar(&cfg.demoTopic, "demo-topic", "", "publish a random DashBoard to this topic every -interval, so every page on ?topic= shows the same numbers (empty = off)")
 
 	if err := fs.Parse(args); err != nil {
@@ -105,10 +115,14 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	if envErr != nil {
 		return cfg, envErr
 	}
+	cfg.jwtSecret = getenv("JWT_SECRET")
 	if err := cfg.validate(); err != nil {
 		return cfg, err
 	}
 	cfg.stream.TrustedProxies, _ = parseTrustedProxies(cfg.trustedProxies) // validate parsed it
+	if err := cfg.loadAuth(); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }
 
@@ -125,7 +139,11 @@ func (cfg config) logListening(logger *slog.Logger, addr, adminAddr string) {
 		"body_limit", cfg.bodyLimit, "max_header_bytes", cfg.maxHeaderBytes, "fd_margin", cfg.fdMargin,
 		"log_rate", cfg.stream.LogRate, "history", cfg.stream.History.count, "history_age", cfg.stream.History.age,
 		"history_bytes", cfg.stream.History.bytes, "subscriber_queue", cfg.stream.SubscriberQueue,
-		"demo_topic", cfg.demoTopic, "publish_token_set", cfg.publishToken != "", "verbose", cfg.verbose)
+		"demo_topic", cfg.demoTopic, "publish_token_set", cfg.publishToken != "", "verbose", cfg.verbose,
+		// Whether JWT_SECRET is set, never its value.
+		"jwt_secret", cfg.jwtSecret != "", "jwt_key_file", cfg.jwtKeyFile, "jwt_audience", cfg.stream.Auth.audience,
+		"jwt_issuer", cfg.stream.Auth.issuer, "jwt_cookie", cfg.stream.Auth.cookie, "public_topics", cfg.publicTopics,
+		"allowed_origins", cfg.allowedOrigins)
 }
 
 // envName is the environment variable that sets a flag: -max-clients reads MAX_CLIENTS.
@@ -199,8 +217,22 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -history-age %s: must be more than 0", cfg.stream.History.age)
 	case cfg.stream.SubscriberQueue < 1:
 		return fmt.Errorf("invalid -subscriber-queue %d: must be at least 1", cfg.stream.SubscriberQueue)
-	case cfg.adminAddr != "" && !isLoopback(cfg.adminAddr) && cfg.publishToken == "":
-		return fmt.Errorf("-admin-addr %s is not a loopback address: set -publish-token (PUBLISH_TOKEN) so that only your application can publish", cfg.adminAddr)
+	case cfg.adminAddr != "" && !isLoopback(cfg.adminAddr) && cfg.publishToken == "" && !cfg.hasJWTKey():
+		return fmt.Errorf("-admin-addr %s is not a loopback address: set -publish-token (PUBLISH_TOKEN), or a JWT key (JWT_SECRET or -jwt-key-file) for publishers' tokens, so that only your application can publish", cfg.adminAddr)
+	case cfg.jwtSecret != "" && len(cfg.jwtSecret) < minSecretLength:
+		return fmt.Errorf("invalid JWT_SECRET: %d bytes, want at least %d (HS256 needs a key as long as its hash)", len(cfg.jwtSecret), minSecretLength)
+	case !isToken(cfg.stream.Auth.cookie):
+		return fmt.Errorf("invalid -jwt-cookie %q: want a cookie name (letters, digits and !#$%%&'*+-.^_`|~)", cfg.stream.Auth.cookie)
+	}
+	for _, pattern := range pageOrigins(cfg.publicTopics) {
+		if err := checkPattern(pattern); err != nil {
+			return fmt.Errorf("invalid -public-topics entry %q: %w", pattern, err)
+		}
+	}
+	for _, origin := range pageOrigins(cfg.allowedOrigins) {
+		if err := checkOrigin(origin); err != nil {
+			return fmt.Errorf("invalid -allowed-origins entry %q: %w", origin, err)
+		}
 	}
 	if cfg.demoTopic != "" {
 		if err := checkTopic(cfg.demoTopic); err != nil {
@@ -232,4 +264,28 @@ func printUsage(fs *flag.FlagSet, w io.Writer) {
 			fmt.Fprintf(w, "  -%s\n    \t%s\n", f.Name, f.Usage)
 		}
 	})
+}
+
+// hasJWTKey reports whether tokens can be verified: JWT_SECRET or -jwt-key-file is set.
+func (cfg config) hasJWTKey() bool {
+	return cfg.jwtSecret != "" || cfg.jwtKeyFile != ""
+}
+
+// loadAuth fills in cfg.stream.Auth from the settings validate checked: the HS256 secret,
+// the keys of -jwt-key-file, the public topic patterns and the allowed origins.
+func (cfg *config) loadAuth() error {
+	auth := &cfg.stream.Auth
+	if cfg.jwtSecret != "" {
+		auth.keys = append(auth.keys, verifyKey{key: []byte(cfg.jwtSecret), algs: []string{"HS256"}})
+	}
+	if cfg.jwtKeyFile != "" {
+		keys, err := loadKeyFile(cfg.jwtKeyFile)
+		if err != nil {
+			return fmt.Errorf("invalid -jwt-key-file %q: %w", cfg.jwtKeyFile, err)
+		}
+		auth.keys = append(auth.keys, keys...)
+	}
+	auth.public = pageOrigins(cfg.publicTopics)
+	auth.origins = pageOrigins(cfg.allowedOrigins)
+	return nil
 }

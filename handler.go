@@ -33,6 +33,7 @@ type streamConfig struct {
 
 	History         historyLimits // what the topic hub keeps for clients that resume
 	SubscriberQueue int           // topic events queued for a subscriber before it counts as too slow
+	Auth            authConfig    // the keys, patterns and origins of private topics
 }
 
 // shutdown is the SSE handler's own done signal. It works the same under any server: the
@@ -72,6 +73,9 @@ type sseHandler struct {
 	opening []byte    // the first bytes of every stream: the retry delay and a comment
 	hub     *hub      // the topics' subscribers and history
 	endLog  *logLimit // bounds the lines that say why a stream ended
+
+	auth *authorizer // checks the tokens of private topics; nil when every topic is public
+	cors corsPolicy  // the origins whose pages may send credentials
 	// streamsOpen counts the streams open now, for MaxClients, /healthz and the metrics.
 	// A stream counts from its sse_streams_opened_total to its sse_streams_ended_total.
 	streamsOpen atomic.Int64
@@ -97,6 +101,8 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 	h.metrics = newMetrics(func() float64 { return float64(h.streamsOpen.Load()) }, cfg.WriteTimeout)
 	h.hub = newHub(cfg.History, cfg.SubscriberQueue, newHubMetrics(h.metrics.registry))
 	h.hub.registerGauges(h.metrics.registry)
+	h.auth = newAuthorizer(cfg.Auth, h.metrics.registry)
+	h.cors = corsPolicy{origins: cfg.Auth.origins}
 	return h
 }
 
@@ -175,7 +181,7 @@ var errPanicked = errors.New("the stream's handler panicked")
 // client goes, the server shuts down, or the stream reaches MaxLifetime.
 func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	header := w.Header()
-	header.Set("Access-Control-Allow-Origin", "*")
+	h.cors.setHeaders(header, r.Header.Get("Origin"))
 	if ok, err := acceptsEventStream(r.Header.Values("Accept")); err != nil {
 		h.metrics.rejected[rejectBadRequest].Inc()
 		http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
@@ -185,7 +191,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "406 not acceptable: /sse only serves text/event-stream", http.StatusNotAcceptable)
 		return
 	}
-	topics, ok := h.topicsOf(w, r)
+	topics, expires, ok := h.topicsOf(w, r)
 	if !ok {
 		return
 	}
@@ -237,8 +243,8 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if topics != nil {
 		// The stream runs here, not in subscribe: one frame less on a stack that every open
 		// stream keeps.
-		sub, opening := h.subscribe(s, r, topics)
-		defer h.hub.Unsubscribe(sub)
+		sub, opening := h.subscribe(s, r, topics, expires)
+		defer h.unsubscribe(s, sub)
 		reason, err = s.run(opening, nil, r.Context().Done())
 		return
 	}
@@ -258,36 +264,49 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	reason, err = s.run(h.opening, client.events, r.Context().Done())
 }
 
-// topicsOf returns the topics r asks for (none for the random stream), or answers 400 with
-// the rule a topic breaks and reports false. It is a function of its own so that ServeHTTP's
-// stack frame, which every open stream keeps, stays small.
+// topicsOf returns the topics r asks for (none for the random stream) and when the token
+// that allows them expires (zero if none does), or answers 400 with the rule a topic breaks,
+// or 401/403 for a private topic, and reports false. A private topic is refused before a
+// place is taken or a byte of stream is sent, and a HEAD gets the same answer, so that a
+// page can learn why its EventSource closed. It is a function of its own so that
+// ServeHTTP's stack frame, which every open stream keeps, stays small.
 //
 //go:noinline
-func (h *sseHandler) topicsOf(w http.ResponseWriter, r *http.Request) ([]string, bool) {
+func (h *sseHandler) topicsOf(w http.ResponseWriter, r *http.Request) ([]string, time.Time, bool) {
 	if r.URL.RawQuery == "" {
-		return nil, true
+		return nil, time.Time{}, true
 	}
 	names, ok := r.URL.Query()["topic"]
 	if !ok {
-		return nil, true
+		return nil, time.Time{}, true
 	}
 	topics, err := parseTopics(names)
 	if err != nil {
 		h.metrics.rejected[rejectBadRequest].Inc()
 		http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
-		return nil, false
+		return nil, time.Time{}, false
 	}
-	return topics, true
+	expires, refused := h.auth.authorizeSubscribe(r, topics)
+	if refused != nil {
+		refuseAuth(w, refused)
+		return nil, time.Time{}, false
+	}
+	return topics, expires, true
 }
 
 // subscribe subscribes the topic stream s to topics, from the client's Last-Event-ID if it
 // sent one, and returns the subscription and the stream's first bytes. The stream then
 // writes what it missed (or a reset event, if the hub cannot resume there), then live
 // events, until the client goes, the server shuts down, the stream reaches MaxLifetime or
-// falls a whole queue behind. A topic stream has no producer: it waits on its subscription.
+// falls a whole queue behind, or its token expires at expires (never, if zero). A topic
+// stream has no producer: it waits on its subscription.
 //
 //go:noinline
-func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string) (*subscriber, []byte) {
+func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string, expires time.Time) (*subscriber, []byte) {
+	if !expires.IsZero() {
+		s.expiry = time.NewTimer(time.Until(expires))
+		s.authExpired = s.expiry.C
+	}
 	lastID, hasLastID := lastEventID(r)
 	// A subscriber dropped while its client holds a write up gets that write cut at once.
 	rc := s.rc
@@ -297,6 +316,14 @@ func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string) (*su
 	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.hub.metrics
 	s.lastID = sub.at
 	return sub.sub, h.topicOpening(sub)
+}
+
+// unsubscribe ends the subscription of the topic stream s once it has ended.
+func (h *sseHandler) unsubscribe(s *stream, sub *subscriber) {
+	h.hub.Unsubscribe(sub)
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
 }
 
 // topicOpening returns the first bytes of a topic stream: the retry delay, then the id the

@@ -83,7 +83,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return err
 	}
 	defer ln.Close()
-	adminAddr, closeAdmin, err := serveAdmin(cfg, streams.metrics, handlePublish(streams.hub, cfg.publishToken), logger)
+	adminAddr, closeAdmin, err := serveAdmin(cfg, streams.metrics, handlePublish(streams.hub, cfg.publishToken, streams.auth), logger)
 	if err != nil {
 		return err
 	}
@@ -208,20 +208,23 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 	app.Get("/app.js", page)
 	app.Get("/style.css", page)
 	app.Get("/sse", offWorker(adaptor.HTTPHandler(recoverStream(streams, logger))))
-	app.Options("/sse", handlePreflight)
+	app.Options("/sse", handlePreflight(streams.cors))
 	app.Get("/healthz", handleHealth(streams))
 	app.Get("/readyz", handleReady(ready))
 	return app, streams
 }
 
-// handlePreflight answers a CORS preflight for /sse from any origin. EventSource sends none,
-// but fetch-based SSE clients that set Last-Event-ID do.
-func handlePreflight(c *fiber.Ctx) error {
-	c.Set("Access-Control-Allow-Origin", "*")
-	c.Set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
-	c.Set("Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control, Content-Type, Accept")
-	c.Set("Access-Control-Max-Age", "86400")
-	return c.SendStatus(fiber.StatusNoContent)
+// handlePreflight answers a CORS preflight for /sse from any origin, with the same origin
+// and credentials answer as the stream itself (cors). EventSource sends none, but
+// fetch-based SSE clients that set Last-Event-ID or Authorization do.
+func handlePreflight(cors corsPolicy) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		cors.apply(c.Get(fiber.HeaderOrigin), func(key, value string) { c.Set(key, value) })
+		c.Set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+		c.Set("Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control, Content-Type, Accept, Authorization")
+		c.Set("Access-Control-Max-Age", "86400")
+		return c.SendStatus(fiber.StatusNoContent)
+	}
 }
 
 // health is the body of /healthz. StreamsOpen is the number sse_streams_open reports.

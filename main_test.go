@@ -238,11 +238,17 @@ type testServer struct {
 // empty), waits until it listens, and stops it when the test ends.
 func startServer(t *testing.T, args ...string) *testServer {
 	t.Helper()
+	return startServerEnv(t, nil, args...)
+}
+
+// startServerEnv is startServer with the environment variables of env.
+func startServerEnv(t *testing.T, env map[string]string, args ...string) *testServer {
+	t.Helper()
 	logs := newLogBuffer()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv := &testServer{logs: logs, cancel: cancel, done: make(chan error, 1)}
 	args = append([]string{"-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0"}, args...)
-	go func() { srv.done <- run(ctx, args, func(string) string { return "" }, logs) }()
+	go func() { srv.done <- run(ctx, args, func(k string) string { return env[k] }, logs) }()
 
 	srv.url, srv.adminURL = waitListening(t, logs, 5*time.Second)
 	t.Cleanup(func() {

@@ -37,14 +37,25 @@ type publishAnswer struct {
 }
 
 // handlePublish serves POST /publish on the admin listener: it checks the body, publishes
-// the event to h and answers with its id. With a token, the request must carry it as
-// "Authorization: Bearer <token>", compared in constant time.
-func handlePublish(h *hub, token string) http.Handler {
+// the event to h and answers with its id. With a token or a JWT key (auth not nil), the
+// request must carry "Authorization: Bearer" with the token, compared in constant time, or
+// a JWT whose publish claim covers the topic.
+func handlePublish(h *hub, token string, auth *authorizer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if token != "" && !hasBearer(r.Header.Get("Authorization"), token) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="publish"`)
-			http.Error(w, "401 unauthorized: publishing needs the -publish-token as Authorization: Bearer", http.StatusUnauthorized)
-			return
+		var claims *sseClaims // a publisher's JWT, checked against the topic once it is read
+		if token != "" || auth != nil {
+			if token == "" || !hasBearer(r.Header.Get("Authorization"), token) {
+				if auth == nil {
+					w.Header().Set("WWW-Authenticate", `Bearer realm="publish"`)
+					http.Error(w, "401 unauthorized: publishing needs the -publish-token as Authorization: Bearer", http.StatusUnauthorized)
+					return
+				}
+				var refused *authError
+				if claims, refused = auth.verifyPublisher(r); refused != nil {
+					refuseAuth(w, refused)
+					return
+				}
+			}
 		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPublishBody))
 		if err != nil {
@@ -59,6 +70,12 @@ func handlePublish(h *hub, token string) http.Handler {
 		if err != nil {
 			http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
 			return
+		}
+		if claims != nil {
+			if refused := auth.authorizePublish(claims, topic); refused != nil {
+				refuseAuth(w, refused)
+				return
+			}
 		}
 		answer, _ := json.Marshal(publishAnswer{ID: h.Publish(topic, event, data)})
 		w.Header().Set("Content-Type", "application/json")

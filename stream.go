@@ -24,6 +24,7 @@ const (
 	endShutdown     endReason = "shutdown"      // the server is shutting down
 	endMaxLifetime  endReason = "max_lifetime"  // the stream reached -max-lifetime
 	endTooSlow      endReason = "too_slow"      // a topic stream fell a whole queue behind its topics
+	endAuthExpired  endReason = "auth_expired"  // a private topic stream's token expired
 	endError        endReason = "error"         // the stream could not go on: its HTTP/1.0 take-over failed, or its handler panicked
 )
 
@@ -46,6 +47,10 @@ type stream struct {
 	hubMetrics  *hubMetrics
 	queuedSeq   uint64       // sequence number of the last topic event in buf
 	dropped     *atomic.Bool // set once the hub has dropped the subscription
+
+	// A private topic stream's: fires when its token expires (nil on every other stream).
+	authExpired <-chan time.Time
+	expiry      *time.Timer
 
 	keepalive *time.Timer
 	lastWrite time.Time
@@ -117,6 +122,9 @@ func (s *stream) run(opening []byte, events <-chan DashBoard, requestDone <-chan
 			s.m.keepalives.Inc()
 		case <-lifetime:
 			return endMaxLifetime, nil
+		case <-s.authExpired:
+			s.sayAuthExpired()
+			return endAuthExpired, nil
 		case <-s.stop.done:
 			s.sayGoodbye()
 			return endShutdown, nil

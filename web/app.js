@@ -39,6 +39,8 @@ const ui = {
 const stream = {
   url: null,          // the stream's URL, without a resume parameter
   topics: false,      // a topic stream, whose reconnects replay what was missed
+  token: "",          // the page's own ?access_token=, passed on to the stream, never shown
+  credentials: false, // send cookies: a topic stream on another origin, which may be private
   source: null,       // the current EventSource, if any
   state: "",          // connecting | open | reconnecting | refused
   opened: false,      // some EventSource of this page has been open
@@ -145,11 +147,13 @@ function connect() {
   stream.retryAt = 0;
   const url = new URL(stream.url);
   if (stream.lastId !== "") url.searchParams.set("lastEventID", stream.lastId);
-  const es = new EventSource(url.href);
+  if (stream.token) url.searchParams.set("access_token", stream.token);
+  const es = new EventSource(url.href, { withCredentials: stream.credentials });
   es.onopen = onOpen;
   es.onmessage = onMessage;
   es.onerror = onError;
   es.addEventListener("reset", onReset);
+  es.addEventListener("auth-expired", onAuthExpired);
   stream.source = es;
 }
 
@@ -204,6 +208,14 @@ function onReset(event) {
   setProblem("Missed events are gone; chart restarted");
 }
 
+// onAuthExpired runs when the server ended a private topic stream because its token
+// expired. The browser reconnects by itself with its Last-Event-ID: with a cookie the
+// application has renewed meanwhile, it goes on with nothing lost; else it is refused.
+function onAuthExpired(event) {
+  if (event.target !== stream.source) return;
+  setProblem("Token expired; reconnecting");
+}
+
 // onError runs when the stream drops or cannot be opened. While the EventSource is
 // CONNECTING the browser retries by itself, after the server's retry: delay. CLOSED means
 // it gave up for good (an answer other than a 200 event stream): only then does the page
@@ -222,12 +234,38 @@ function onError(event) {
   if (es.readyState === EventSource.CLOSED) {
     es.close();
     stream.source = null;
-    scheduleRetry();
-    setProblem("Error answer; retrying");
+    if (stream.topics) {
+      askWhy(es.url);
+    } else {
+      scheduleRetry();
+      setProblem("Error answer; retrying");
+    }
   } else {
     setProblem(stream.opened ? "Lost; reconnecting" : "Cannot connect; retrying");
   }
   if (stream.opened) setState("reconnecting", "Stream lost, reconnecting.");
+  tick();
+}
+
+// askWhy runs when the browser gave up on a topic stream, the only kind that may be
+// private: EventSource does not tell the status, so a HEAD of the same URL, with the same
+// credentials, asks again. 401 or 403 means only a new token helps: the page says so and
+// stops. Anything else is retried after a back-off.
+async function askWhy(url) {
+  let status = 0;
+  try {
+    const answer = await fetch(url, { method: "HEAD", cache: "no-store", credentials: stream.credentials ? "include" : "same-origin" });
+    status = answer.status;
+  } catch {
+    // Unreachable, or refused by CORS: retried like any other failure.
+  }
+  if (status === 401 || status === 403) {
+    setProblem(status === 401 ? "Not authorized: no valid token" : "Not authorized for this topic");
+    setState("not authorized", "Stream refused: not authorized.");
+  } else {
+    scheduleRetry();
+    setProblem("Error answer; retrying");
+  }
   tick();
 }
 
@@ -292,6 +330,9 @@ function tick() {
       break;
     case "refused":
       note = "not requested";
+      break;
+    case "not authorized":
+      note = "a new token is needed";
       break;
     default:
       if (stream.retryAt) note = "next try in " + Math.max(0, Math.ceil((stream.retryAt - now) / 1000)) + " s";
@@ -471,6 +512,8 @@ function main() {
   }
   stream.url = choice.url;
   stream.topics = choice.url.searchParams.has("topic");
+  stream.token = new URLSearchParams(location.search).get("access_token") || "";
+  stream.credentials = stream.topics && choice.url.origin !== location.origin;
   ui.src.textContent = choice.url.href;
   fillTryIt(choice.url.href);
   setProblem("");
