@@ -31,6 +31,7 @@ type config struct {
 	demoTopic       string // topic a producer publishes random DashBoards to every interval; empty = none
 	trustedProxies  string // comma-separated addresses and prefixes whose forwarding headers name the client
 	stream          streamConfig
+	nats            natsConfig // the JetStream stream that keeps topics and history, if nats.urls is set
 }
 
 // parseConfig reads flags from args, each with an environment fallback (ADDR, INTERVAL,
@@ -74,6 +75,18 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.IntVar(&cfg.stream.History.bytes, "history-bytes", 64<<20, "most bytes of framed topic events kept for clients that resume")
 	fs.IntVar(&cfg.stream.SubscriberQueue, "subscriber-queue", 256, "topic events queued for one stream; a stream that falls this far behind is ended and resumes from history")
 	fs.StringVar(&cfg.publishToken, "publish-token", "", "bearer token that POST /publish needs (required when -admin-addr is not a loopback address)")
+	fs.StringVar(&cfg.nats.urls, "nats", "", "comma-separated NATS server URLs (nats://127.0.0.1:4222): topics and their history live in one JetStream stream shared by every replica (empty = the in-process hub)")
+	fs.StringVar(&cfg.nats.prefix, "nats-prefix", "sse", "subject prefix of the stream: topic orders/42 is subject <prefix>.orders/42; the stream is named after it")
+	fs.IntVar(&cfg.nats.replicas, "nats-replicas", 1, "copies of the stream a NATS cluster keeps (1 to 5; 3 for a three-node cluster)")
+	fs.IntVar(&cfg.nats.replays, "nats-replays", 32, "resuming streams that read history from NATS at once; more wait their turn")
+	fs.StringVar(&cfg.nats.user, "nats-user", "", "NATS user name (with -nats-password)")
+	fs.StringVar(&cfg.nats.password, "nats-password", "", "NATS password; prefer the environment variable to the command line")
+	fs.StringVar(&cfg.nats.token, "nats-token", "", "NATS authentication token; prefer the environment variable to the command line")
+	fs.StringVar(&cfg.nats.nkeyFile, "nats-nkey", "", "file holding the NKey seed to authenticate to NATS with")
+	fs.StringVar(&cfg.nats.credsFile, "nats-creds", "", "NATS credentials file (a user JWT and its NKey seed)")
+	fs.StringVar(&cfg.nats.caFile, "nats-ca", "", "PEM file of the certificate authorities that sign the NATS servers' certificates (turns on TLS)")
+	fs.StringVar(&cfg.nats.certFile, "nats-cert", "", "PEM client certificate for NATS servers that ask for one (with -nats-key)")
+	fs.StringVar(&cfg.nats.keyFile, "nats-key", "", "PEM private key of -nats-cert")
 	fs.StringVar(&cfg.demoTopic, "demo-topic", "", "publish a random DashBoard to this topic every -interval, so every page on ?topic= shows the same numbers (empty = off)")
 
 	if err := fs.Parse(args); err != nil {
@@ -119,6 +132,8 @@ func envName(flagName string) string {
 		return "VERBOSE"
 	case "version":
 		return ""
+	case "nats":
+		return "NATS_URL"
 	}
 	return strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
@@ -184,6 +199,9 @@ func (cfg config) validate() error {
 		return fmt.Errorf("invalid -subscriber-queue %d: must be at least 1", cfg.stream.SubscriberQueue)
 	case cfg.adminAddr != "" && !isLoopback(cfg.adminAddr) && cfg.publishToken == "":
 		return fmt.Errorf("-admin-addr %s is not a loopback address: set -publish-token (PUBLISH_TOKEN) so that only your application can publish", cfg.adminAddr)
+	}
+	if err := cfg.nats.validate(cfg.stream.History); err != nil {
+		return err
 	}
 	if cfg.demoTopic != "" {
 		if err := checkTopic(cfg.demoTopic); err != nil {

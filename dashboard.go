@@ -67,7 +67,7 @@ func nextUsers(users uint) uint {
 
 // publishDemo publishes a random walk of DashBoard values to topic every interval until ctx
 // ends: one producer for every subscriber, so every page on the topic shows the same numbers.
-func publishDemo(ctx context.Context, h *hub, topic string, interval time.Duration) {
+func publishDemo(ctx context.Context, b broker, topic string, interval time.Duration) {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	users := rand.UintN(maxUsers + 1)
@@ -80,6 +80,6 @@ func publishDemo(ctx context.Context, h *hub, topic string, interval time.Durati
 		}
 		users = nextUsers(users)
 		data = (&DashBoard{User: users}).AppendJSON(data[:0])
-		h.Publish(topic, "", data)
+		_, _ = b.PublishEvent(ctx, publication{topic: topic, data: data}) // the next tick publishes anew
 	}
 }

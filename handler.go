@@ -70,14 +70,18 @@ type sseHandler struct {
 	logger  *slog.Logger
 	metrics *metrics
 	opening []byte    // the first bytes of every stream: the retry delay and a comment
-	hub     *hub      // the topics' subscribers and history
+	hub     *hub      // the topics' local subscribers, and their history unless broker keeps it
+	broker  broker    // where topic events are published and resumed from: hub, or JetStream
 	endLog  *logLimit // bounds the lines that say why a stream ended
 	// streamsOpen counts the streams open now, for MaxClients, /healthz and the metrics.
 	// A stream counts from its sse_streams_opened_total to its sse_streams_ended_total.
 	streamsOpen atomic.Int64
 	perAddr     addrCounts // streams open by client address, for MaxClientsPerIP
 	stop        shutdown
-	streams     sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
+	// stopCtx ends when Shutdown begins: a stream waiting for its replay gives up then.
+	stopCtx    context.Context
+	cancelStop context.CancelFunc
+	streams    sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
 
 	mu      sync.Mutex
 	writers map[*http.ResponseController]struct{} // every open stream's, for Shutdown
@@ -97,6 +101,8 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 	h.metrics = newMetrics(func() float64 { return float64(h.streamsOpen.Load()) }, cfg.WriteTimeout)
 	h.hub = newHub(cfg.History, cfg.SubscriberQueue, newHubMetrics(h.metrics.registry))
 	h.hub.registerGauges(h.metrics.registry)
+	h.broker = h.hub
+	h.stopCtx, h.cancelStop = context.WithCancel(context.Background())
 	return h
 }
 
@@ -105,6 +111,7 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 // whole write timeout. Call it before shutting the server down.
 func (h *sseHandler) Shutdown(deadline time.Time) {
 	h.stop.begin(deadline)
+	h.cancelStop()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for rc := range h.writers {
@@ -268,11 +275,31 @@ func (h *sseHandler) serveTopics(s *stream, r *http.Request, topics []string) (e
 	// A subscriber dropped while its client holds a write up gets that write cut at once.
 	rc := s.rc
 	cut := func() { _ = rc.SetWriteDeadline(time.Now()) }
-	sub := h.hub.Subscribe(topics, lastID, hasLastID, cut)
-	defer h.hub.Unsubscribe(sub.sub)
+	ctx, cancel := context.WithTimeout(h.stopCtx, resumeTimeout)
+	sub, err := h.broker.SubscribeFrom(ctx, topics, lastID, hasLastID, cut)
+	cancel()
+	if err != nil {
+		h.comeBackLater(s, err)
+		return endUnavailable, err
+	}
+	defer h.broker.Unsubscribe(sub.sub)
 	h.logger.Debug("client subscribed", "client", s.name, "topics", topics, "last_event_id", lastID, "reset", string(sub.reset))
 	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.hub.metrics
 	return s.run(h.topicOpening(sub), nil, r.Context().Done())
+}
+
+// resumeTimeout bounds how long a topic stream waits for its place to resume: a turn among
+// the replays under way, and the replay itself.
+const resumeTimeout = 10 * time.Second
+
+// comeBackLater tells a topic stream's client that it cannot be resumed now, because
+// err, to reconnect after a spread delay, and ends the stream. A failed write changes
+// nothing: the stream ends either way.
+func (h *sseHandler) comeBackLater(s *stream, err error) {
+	h.logger.Debug("topic stream cannot resume now", "client", s.name, "error", err)
+	if s.rc.Flush() == nil {
+		_ = s.write(appendRetry(nil, h.cfg.spreadRetry(), "history unavailable: reconnect later"))
+	}
 }
 
 // topicOpening returns the first bytes of a topic stream: the retry delay, then the id the
