@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -297,4 +298,73 @@ func publishStraight(t *testing.T, js jetstream.JetStream, epoch, topic, data st
 		t.Fatalf("publish to NATS: %v", err)
 	}
 	return epoch + "-" + strconv.FormatUint(ack.Sequence, 10)
+}
+
+func TestNATS_OutageKeepsStreamsOpenRefusesPublishesAndLosesNothing(t *testing.T) {
+	skipShort(t, "a NATS server stopped and started again, and a server process")
+	node := runNATSServer(t)
+	a := startProcess(t, "-nats", node.url(), "-keepalive", "200ms")
+	s, _ := openTopics(t, a.url, "", "t")
+	eventually(t, 10*time.Second, "subscribed", func() bool { return metric(t, a.adminURL, "sse_hub_subscribers") == 1 })
+	before := publishEvent(t, a.adminURL, "t", "", "before")
+	if got := s.nextEvent(t); got.id != before {
+		t.Fatalf("got %+v, want %s", got, before)
+	}
+
+	node.stop()
+	eventually(t, 10*time.Second, "the replica sees NATS gone", func() bool { return metric(t, a.adminURL, "sse_nats_connected") == 0 })
+	// Publishes while NATS is away: every one refused, none acknowledged and then lost.
+	outage := time.Now()
+	for attempt := 0; time.Since(outage) < 3*time.Second; attempt++ {
+		status, answer, retryAfter := publishKeyed(t, a.adminURL, "", "t", fmt.Sprintf("lost %d", attempt))
+		if status != http.StatusServiceUnavailable || retryAfter == "" {
+			t.Fatalf("POST /publish with NATS down = %d %q, Retry-After %q; want 503 with Retry-After", status, answer, retryAfter)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// The open stream goes on: keepalives, not an end.
+	for range 2 {
+		if f := s.next(t); f.isEvent || len(f.comments) == 0 || f.comments[0] != "keepalive" {
+			t.Fatalf("open stream with NATS down sent %+v, want keepalives", f)
+		}
+	}
+	if status, body := readyBody(t, a.url); status != http.StatusOK || !strings.Contains(body, "nats: reconnecting") {
+		t.Errorf("GET /readyz with NATS down = %d %q, want 200 saying NATS is reconnecting", status, body)
+	}
+	// A new subscriber is taken and waits live; one that must read history is told to come back.
+	fresh, _ := openTopics(t, a.url, "", "t")
+	behind, opening := openTopics(t, a.url, idEpoch(before)+"-0", "t")
+	if err := behind.readToEnd(); err != nil || !slices.Contains(opening.comments, "history unavailable: reconnect later") {
+		t.Errorf("a stream resuming from history with NATS down opened with %+v and ended with %v, want a retry and a clean end", opening, err)
+	}
+
+	node.start(t)
+	js := connectJS(t, node.url())
+	straight := publishStraight(t, js, idEpoch(before), "t", "straight to NATS")
+	var after string
+	eventually(t, 30*time.Second, "publishing works again", func() bool {
+		status, answer, _ := publishKeyed(t, a.adminURL, "after", "t", "after")
+		var got publishAnswer
+		if status == http.StatusOK && json.Unmarshal([]byte(answer), &got) == nil {
+			after = got.ID
+			return true
+		}
+		return false
+	})
+	for _, stream := range []*sseStream{s, fresh} {
+		for _, want := range []string{straight + " straight to NATS", after + " after"} {
+			if f := stream.nextEvent(t); f.id+" "+f.data != want {
+				t.Errorf("after the outage a subscriber got %q, want %q", f.id+" "+f.data, want)
+			}
+		}
+	}
+	if v := metric(t, a.adminURL, "sse_nats_reconnects_total"); v < 1 {
+		t.Errorf("sse_nats_reconnects_total = %v, want at least 1", v)
+	}
+	if v := metric(t, a.adminURL, `sse_streams_ended_total{reason="unavailable"}`); v != 1 {
+		t.Errorf(`sse_streams_ended_total{reason="unavailable"} = %v, want 1`, v)
+	}
+	if status, body := readyBody(t, a.url); status != http.StatusOK || body != "ready\nnats: connected\n" {
+		t.Errorf("GET /readyz after the outage = %d %q, want 200 saying NATS is connected", status, body)
+	}
 }
