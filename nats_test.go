@@ -84,11 +84,11 @@ func (n *natsNode) url() string {
 	return "nats://127.0.0.1:" + strconv.Itoa(n.opts.Port)
 }
 
-// connectJS connects a plain NATS client to urls, as an application that publishes straight
-// to NATS would, and returns its JetStream context.
-func connectJS(t *testing.T, urls string) jetstream.JetStream {
+// connectJS connects a plain NATS client to urls with opts, as an application that publishes
+// straight to NATS would, and returns its JetStream context.
+func connectJS(t *testing.T, urls string, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	nc, err := nats.Connect(urls, append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, opts...)...)
 	if err != nil {
 		t.Fatalf("connect to NATS at %s: %v", urls, err)
 	}
@@ -568,26 +568,35 @@ func subscribed(adminURLs ...string) float64 {
 // cluster, and waits until it has elected a leader for JetStream.
 func runNATSCluster(t *testing.T) []*natsNode {
 	t.Helper()
-	var routes []string
 	nodes := make([]*natsNode, 3)
 	for i := range nodes {
-		opts := natsOptions(t, fmt.Sprintf("n%d", i+1))
-		opts.Cluster = server.ClusterOpts{Name: "sse", Host: "127.0.0.1", Port: freeLoopbackPort(t)}
-		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", opts.Cluster.Port))
-		nodes[i] = &natsNode{opts: opts}
+		nodes[i] = &natsNode{opts: natsOptions(t, fmt.Sprintf("n%d", i+1))}
+	}
+	startCluster(t, nodes)
+	return nodes
+}
+
+// startCluster routes nodes to each other on free loopback ports as the cluster "sse",
+// starts them, and waits until the cluster has a JetStream leader, asking as a client
+// with connect.
+func startCluster(t *testing.T, nodes []*natsNode, connect ...nats.Option) {
+	t.Helper()
+	var routes []string
+	for _, n := range nodes {
+		n.opts.Cluster.Name, n.opts.Cluster.Host, n.opts.Cluster.Port = "sse", "127.0.0.1", freeLoopbackPort(t)
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", n.opts.Cluster.Port))
 	}
 	for _, n := range nodes {
 		n.opts.Routes = server.RoutesFromStr(strings.Join(routes, ","))
 		n.start(t)
 	}
-	js := connectJS(t, clusterURLs(nodes))
+	js := connectJS(t, clusterURLs(nodes), connect...)
 	eventually(t, 30*time.Second, "the cluster elects a JetStream leader", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_, err := js.AccountInfo(ctx)
 		return err == nil
 	})
-	return nodes
 }
 
 // clusterURLs returns the client URLs of nodes, comma-separated, as -nats takes them.
@@ -678,4 +687,48 @@ func TestNATS_RollingRestartBehindNginxLosesNothing(t *testing.T) {
 	}
 	t.Logf("rolling restart of 2 replicas behind nginx: %d publishes at 50/s through whichever replica answered, %d subscribers over HTTP/2 each got exactly its topics' events, 0 lost, 0 duplicated; longest gap a subscriber saw: %s; events replayed by the restarted replicas: %v",
 		len(p.all), subscribers, gap.Round(time.Millisecond), replayed)
+}
+
+func TestDeployNATS_ClusterConfigRunsAndTheServiceAuthenticates(t *testing.T) {
+	skipShort(t, "a three-node NATS cluster and a server process")
+	const password = "s3cret-for-the-test"
+	t.Setenv("SSE_DASHBOARD_NATS_PASSWORD", password)
+	nodes := make([]*natsNode, 3)
+	for i := range nodes {
+		path := fmt.Sprintf("deploy/nats/nats-%d.conf", i+1)
+		opts, err := server.ProcessConfigFile(path)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if want := fmt.Sprintf("nats-%d", i+1); opts.ServerName != want || !opts.JetStream || opts.Cluster.Name != "sse" ||
+			len(opts.Routes) != 3 || len(opts.Users) != 1 || opts.Users[0].Username != "sse-dashboard" || opts.Users[0].Password != password {
+			t.Fatalf("%s: server %q, JetStream %v, cluster %q, %d routes, users %v; want %s, JetStream, cluster sse, 3 routes, the user sse-dashboard with the password from the environment",
+				path, opts.ServerName, opts.JetStream, opts.Cluster.Name, len(opts.Routes), opts.Users, want)
+		}
+		// The file as shipped, on this machine's loopback, in a directory of the test's own.
+		opts.Host, opts.Port, opts.HTTPPort, opts.StoreDir = "127.0.0.1", freeLoopbackPort(t), 0, t.TempDir()
+		opts.NoLog, opts.NoSigs = true, true
+		nodes[i] = &natsNode{opts: opts}
+	}
+	startCluster(t, nodes, nats.UserInfo("sse-dashboard", password))
+
+	// A wrong password stops the service at start, and no password is ever written out.
+	var logs bytes.Buffer
+	err := run(context.Background(), []string{"-addr", "127.0.0.1:0", "-admin-addr", "", "-nats", clusterURLs(nodes), "-nats-user", "sse-dashboard"},
+		func(name string) string { return map[string]string{"NATS_PASSWORD": "wrong-password"}[name] }, &logs)
+	if err == nil || !strings.Contains(err.Error(), "-nats") || strings.Contains(err.Error()+logs.String(), "wrong-password") {
+		t.Errorf("run with a wrong NATS password = %v, logs %q; want an error naming -nats and the password nowhere", err, logs.String())
+	}
+
+	a := startProcessWith(t, processOptions{env: []string{"NATS_PASSWORD=" + password}},
+		"-nats", clusterURLs(nodes), "-nats-replicas", "3", "-nats-user", "sse-dashboard")
+	s, _ := openTopics(t, a.url, "", "deploy")
+	eventually(t, 10*time.Second, "subscribed", func() bool { return metric(t, a.adminURL, "sse_hub_subscribers") == 1 })
+	id := publishEvent(t, a.adminURL, "deploy", "", "stored three times")
+	if got := s.nextEvent(t); got.id != id || got.data != "stored three times" {
+		t.Errorf("got %+v, want %s", got, id)
+	}
+	if strings.Contains(a.logs.String(), password) {
+		t.Errorf("the service logged its NATS password")
+	}
 }
