@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -730,5 +731,118 @@ func TestDeployNATS_ClusterConfigRunsAndTheServiceAuthenticates(t *testing.T) {
 	}
 	if strings.Contains(a.logs.String(), password) {
 		t.Errorf("the service logged its NATS password")
+	}
+}
+
+func TestNATS_ReconnectStormQueuesReplaysAndEachGetsItsHistory(t *testing.T) {
+	skipShort(t, "a NATS server, a server process and 500 streams")
+	const clients, back, turns = 500, 100, 4
+	node := runNATSServer(t)
+	a := startProcess(t, "-nats", node.url(), "-nats-replays", strconv.Itoa(turns))
+	js := connectJS(t, node.url())
+	epoch := idEpoch(publishEvent(t, a.adminURL, "storm", "", "first"))
+	var ids []string
+	for i := range 2 * back {
+		ids = append(ids, publishStraight(t, js, epoch, "storm", fmt.Sprintf("e%d", i)))
+	}
+	lastID := ids[back-1]
+	want := make([]string, 0, back)
+	for i, id := range ids[back:] {
+		want = append(want, fmt.Sprintf("%s e%d", id, back+i))
+	}
+	eventually(t, 10*time.Second, "the replica's consumer has every event", func() bool {
+		return metric(t, a.adminURL, "sse_nats_delivered_sequence") == float64(idSeq(t, ids[len(ids)-1]))
+	})
+
+	// The consumers on the stream, sampled while the storm lasts: the replica's own and the replays'.
+	stream, err := js.Stream(context.Background(), "sse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sampling, sampled := make(chan struct{}), make(chan int)
+	go func() {
+		peak := 0
+		for {
+			select {
+			case <-sampling:
+				sampled <- peak
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			if info, err := stream.Info(ctx); err == nil {
+				peak = max(peak, info.State.Consumers)
+			}
+			cancel()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+
+	start := time.Now()
+	got := make([][]string, clients)
+	var wg sync.WaitGroup
+	transport := &http.Transport{MaxIdleConnsPerHost: -1}
+	defer transport.CloseIdleConnections()
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodGet, topicURL(a.url, "storm"), nil)
+			req.Header.Set("Accept", "text/event-stream")
+			req.Header.Set("Last-Event-ID", lastID)
+			resp, err := (&http.Client{Transport: transport, Timeout: 60 * time.Second}).Do(req)
+			if err != nil {
+				t.Errorf("client %d: %v", i, err)
+				return
+			}
+			defer resp.Body.Close()
+			readFrames(resp.Body, func(f frame) {
+				if f.isEvent && len(got[i]) < back {
+					got[i] = append(got[i], f.id+" "+f.data)
+					if len(got[i]) == back {
+						resp.Body.Close()
+					}
+				}
+			})
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	close(sampling)
+	peak := <-sampled
+	for i := range clients {
+		if !slices.Equal(got[i], want) {
+			t.Fatalf("client %d resumed %d events back got %d events, want exactly the %d after its id (first difference at %d)",
+				i, back, len(got[i]), back, firstDifference(got[i], want))
+		}
+	}
+	s := scrape(t, a.adminURL)
+	if peak > turns+1 {
+		t.Errorf("%d consumers on the stream at once, want at most %d: the replica's own and -nats-replays %d", peak, turns+1, turns)
+	}
+	if s["sse_nats_replays_total"] != clients || s[`sse_streams_ended_total{reason="unavailable"}`] != 0 {
+		t.Errorf("replays %v, streams told to come back %v; want %d and 0", s["sse_nats_replays_total"], s[`sse_streams_ended_total{reason="unavailable"}`], clients)
+	}
+	t.Logf("%d clients resuming %d events back at once, -nats-replays %d: all had their history in %s; consumers on the stream at the peak: %d; mean wait for a turn %s",
+		clients, back, turns, took.Round(time.Millisecond), peak,
+		time.Duration(s["sse_nats_replay_wait_seconds_sum"]/s["sse_nats_replay_wait_seconds_count"]*float64(time.Second)).Round(time.Millisecond))
+}
+
+func TestNATS_AnIdOfADeletedStreamResets(t *testing.T) {
+	skipShort(t, "a NATS server and two server processes in turn")
+	node := runNATSServer(t)
+	a := startProcess(t, "-nats", node.url())
+	old := publishEvent(t, a.adminURL, "t", "", "of the old stream")
+	a.signal(t, syscall.SIGTERM, 10*time.Second)
+	js := connectJS(t, node.url())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := js.DeleteStream(ctx, "sse"); err != nil {
+		t.Fatal(err)
+	}
+	b := startProcess(t, "-nats", node.url())
+	s, _ := openTopics(t, b.url, old, "t")
+	if f := s.nextEvent(t); f.event != "reset" || f.data != `{"reason":"other_run"}` || idEpoch(f.id) == idEpoch(old) {
+		t.Errorf("resuming from %s after the stream was made again opened with %+v, want a reset for other_run in a new epoch", old, f)
 	}
 }
