@@ -566,11 +566,10 @@ func (b *natsBroker) Health() (bool, string) {
 		": open streams go on, publishing answers 503, streams that must read history come back later"
 }
 
-// Close stops the consumer and closes the connection.
+// Close closes the connection, which ends the consumer with it. Stopping the consumer
+// first would wait for a re-creation of it under way, up to its 10 s request timeout, while
+// NATS elects a leader.
 func (b *natsBroker) Close() {
-	if b.consumer != nil {
-		b.consumer.Stop()
-	}
 	b.nc.Close()
 }
 
