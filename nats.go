@@ -127,16 +127,18 @@ const (
 // one ordered consumer of the whole stream feeds it, and it sends each event, framed once,
 // to every local subscriber of its topic.
 type natsBroker struct {
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	stream   jetstream.Stream
-	name     string // the stream's
-	prefix   string
-	hub      *hub
-	logger   *slog.Logger
-	replays  chan struct{} // a place per replay under way
-	consumer jetstream.ConsumeContext
-	m        *natsMetrics
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	stream  jetstream.Stream
+	name    string // the stream's
+	prefix  string
+	hub     *hub
+	logger  *slog.Logger
+	replays chan struct{} // a place per replay under way
+	// stopFollowing ends the replica's consumer, and followed closes once it has.
+	stopFollowing context.CancelFunc
+	followed      chan struct{}
+	m             *natsMetrics
 
 	disconnectedAt atomic.Int64 // Unix ns of the last disconnect, 0 while connected
 	delivered      atomic.Uint64
@@ -174,10 +176,13 @@ func startNATS(ctx context.Context, cfg natsConfig, history historyLimits, h *hu
 	}
 	h.follow(streamEpoch(info.Created), info.State.LastSeq)
 	b.delivered.Store(info.State.LastSeq)
-	if err := b.consume(ctx, info.State.LastSeq+1); err != nil {
-		b.nc.Close()
-		return nil, fmt.Errorf("consume the stream %s at %s: %w", b.name, servers, err)
-	}
+	var following context.Context
+	following, b.stopFollowing = context.WithCancel(context.Background())
+	b.followed = make(chan struct{})
+	go func() {
+		defer close(b.followed)
+		b.follow(following)
+	}()
 	b.registerGauges(reg)
 	logger.Info("nats connected", "servers", servers, "server", b.nc.ConnectedUrlRedacted(), "stream", b.name,
 		"subjects", cfg.prefix+".>", "replicas", info.Config.Replicas, "epoch", h.epoch,
@@ -298,38 +303,101 @@ func streamEpoch(created time.Time) string {
 	return strconv.FormatUint(uint64(created.UnixNano()), 32)
 }
 
-// consume starts the replica's one consumer of the whole stream at sequence from. It is an
-// ordered consumer: when NATS goes away or the server that holds it is lost, it is made
-// again after the last sequence it delivered, so nothing published meanwhile is missed.
-func (b *natsBroker) consume(ctx context.Context, from uint64) error {
-	cons, err := b.js.OrderedConsumer(ctx, b.name, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   from,
-	})
-	if err != nil {
-		return err
+// follow consumes the whole stream, after the last sequence delivered, until ctx ends.
+// Its consumer is an ordered one, made here rather than by jetstream.OrderedConsumer: in
+// memory on one server, no acks, its delivery sequence checked for gaps, and made again
+// after the last event delivered whenever it fails (NATS gone, its server lost, a gap).
+// The library's ordered consumer waits up to 10 s for each re-creation and then backs off;
+// after the loss of a cluster node that stalled delivery for 11 s, where this one asks
+// again every 2 s at most.
+func (b *natsBroker) follow(ctx context.Context) {
+	pause := followPause
+	for {
+		delivered, err := b.consumeOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		b.m.consumerRestarts.Inc()
+		b.logger.Warn("nats consumer interrupted: it starts again after the last event delivered",
+			"last_seq", b.delivered.Load(), "error", err)
+		if delivered {
+			pause = followPause
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 2*time.Second)
 	}
+}
+
+// followPause is the first pause before the replica's consumer is made again.
+const followPause = 100 * time.Millisecond
+
+// consumeOnce makes a consumer of the whole stream from the sequence after the last one
+// delivered and hands each of its messages to deliver, until it fails; it reports whether
+// it delivered any.
+func (b *natsBroker) consumeOnce(ctx context.Context) (bool, error) {
+	create, cancel := context.WithTimeout(ctx, 2*time.Second)
+	cons, err := b.stream.CreateOrUpdateConsumer(create, jetstream.ConsumerConfig{
+		Description:       "sse-dashboard replica",
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       b.delivered.Load() + 1,
+		AckPolicy:         jetstream.AckNonePolicy,
+		MemoryStorage:     true,
+		Replicas:          1,
+		InactiveThreshold: 30 * time.Second,
+	})
+	cancel()
+	if err != nil {
+		return false, fmt.Errorf("create the consumer: %w", err)
+	}
+	defer b.removeConsumer(cons)
 	// Pulls of 4 s with a heartbeat a second: a consumer lost with its server is noticed
 	// within about two seconds.
-	b.consumer, err = cons.Consume(b.deliver,
-		jetstream.PullExpiry(4*time.Second), jetstream.PullHeartbeat(time.Second),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			b.m.consumerRestarts.Inc()
-			b.logger.Warn("nats consumer interrupted: it starts again after the last event delivered",
-				"last_seq", b.delivered.Load(), "error", err)
-		}))
-	return err
+	it, err := cons.Messages(jetstream.PullExpiry(4*time.Second), jetstream.PullHeartbeat(time.Second),
+		jetstream.WithMessagesErrOnMissingHeartbeat(true))
+	if err != nil {
+		return false, err
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for next := uint64(1); ; next++ {
+		msg, err := it.Next()
+		if err != nil {
+			return next > 1, err
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return next > 1, err
+		}
+		if meta.Sequence.Consumer != next {
+			return next > 1, fmt.Errorf("delivery %d came after %d: a gap", meta.Sequence.Consumer, next-1)
+		}
+		b.deliver(msg, meta)
+	}
+}
+
+// removeConsumer deletes a consumer the replica no longer reads, in the background: the
+// server would remove it after its InactiveThreshold anyway.
+func (b *natsBroker) removeConsumer(cons jetstream.Consumer) {
+	info := cons.CachedInfo()
+	if info == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = b.js.DeleteConsumer(ctx, b.name, info.Name)
+	}()
 }
 
 // deliver frames one message of the stream and hands it to the hub, which sends it to
 // every local subscriber of its topic. A message on no topic's subject, or with an event
 // type a publisher may not use, moves the sequence on and reaches no one.
-func (b *natsBroker) deliver(msg jetstream.Msg) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		b.m.skipped.Inc()
-		return
-	}
+func (b *natsBroker) deliver(msg jetstream.Msg, meta *jetstream.MsgMetadata) {
 	seq := meta.Sequence.Stream
 	topic, frame, ok := b.frame(seq, msg)
 	if !ok {
@@ -566,10 +634,10 @@ func (b *natsBroker) Health() (bool, string) {
 		": open streams go on, publishing answers 503, streams that must read history come back later"
 }
 
-// Close closes the connection, which ends the consumer with it. Stopping the consumer
-// first would wait for a re-creation of it under way, up to its 10 s request timeout, while
-// NATS elects a leader.
+// Close stops the replica's consumer and closes the connection.
 func (b *natsBroker) Close() {
+	b.stopFollowing()
+	<-b.followed
 	b.nc.Close()
 }
 
