@@ -135,9 +135,9 @@ type natsBroker struct {
 	hub     *hub
 	logger  *slog.Logger
 	replays chan struct{} // a place per replay under way
-	// stopFollowing ends the replica's consumer, and followed closes once it has.
-	stopFollowing context.CancelFunc
-	followed      chan struct{}
+	// stopConsuming ends the replica's consumer, and consumed closes once it has.
+	stopConsuming context.CancelFunc
+	consumed      chan struct{}
 	m             *natsMetrics
 
 	disconnectedAt atomic.Int64 // Unix ns of the last disconnect, 0 while connected
@@ -176,12 +176,12 @@ func startNATS(ctx context.Context, cfg natsConfig, history historyLimits, h *hu
 	}
 	h.follow(streamEpoch(info.Created), info.State.LastSeq)
 	b.delivered.Store(info.State.LastSeq)
-	var following context.Context
-	following, b.stopFollowing = context.WithCancel(context.Background())
-	b.followed = make(chan struct{})
+	var consuming context.Context
+	consuming, b.stopConsuming = context.WithCancel(context.Background())
+	b.consumed = make(chan struct{})
 	go func() {
-		defer close(b.followed)
-		b.follow(following)
+		defer close(b.consumed)
+		b.consumeStream(consuming)
 	}()
 	b.registerGauges(reg)
 	logger.Info("nats connected", "servers", servers, "server", b.nc.ConnectedUrlRedacted(), "stream", b.name,
@@ -303,15 +303,15 @@ func streamEpoch(created time.Time) string {
 	return strconv.FormatUint(uint64(created.UnixNano()), 32)
 }
 
-// follow consumes the whole stream, after the last sequence delivered, until ctx ends.
+// consumeStream consumes the whole stream, after the last sequence delivered, until ctx ends.
 // Its consumer is an ordered one, made here rather than by jetstream.OrderedConsumer: in
 // memory on one server, no acks, its delivery sequence checked for gaps, and made again
 // after the last event delivered whenever it fails (NATS gone, its server lost, a gap).
 // The library's ordered consumer waits up to 10 s for each re-creation and then backs off;
 // after the loss of a cluster node that stalled delivery for 11 s, where this one asks
 // again every 2 s at most.
-func (b *natsBroker) follow(ctx context.Context) {
-	pause := followPause
+func (b *natsBroker) consumeStream(ctx context.Context) {
+	pause := consumePause
 	for {
 		delivered, err := b.consumeOnce(ctx)
 		if ctx.Err() != nil {
@@ -321,7 +321,7 @@ func (b *natsBroker) follow(ctx context.Context) {
 		b.logger.Warn("nats consumer interrupted: it starts again after the last event delivered",
 			"last_seq", b.delivered.Load(), "error", err)
 		if delivered {
-			pause = followPause
+			pause = consumePause
 		}
 		select {
 		case <-ctx.Done():
@@ -332,28 +332,19 @@ func (b *natsBroker) follow(ctx context.Context) {
 	}
 }
 
-// followPause is the first pause before the replica's consumer is made again.
-const followPause = 100 * time.Millisecond
+// consumePause is the first pause before the replica's consumer is made again.
+const consumePause = 100 * time.Millisecond
 
 // consumeOnce makes a consumer of the whole stream from the sequence after the last one
 // delivered and hands each of its messages to deliver, until it fails; it reports whether
 // it delivered any.
 func (b *natsBroker) consumeOnce(ctx context.Context) (bool, error) {
-	create, cancel := context.WithTimeout(ctx, 2*time.Second)
-	cons, err := b.stream.CreateOrUpdateConsumer(create, jetstream.ConsumerConfig{
-		Description:       "sse-dashboard replica",
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       b.delivered.Load() + 1,
-		AckPolicy:         jetstream.AckNonePolicy,
-		MemoryStorage:     true,
-		Replicas:          1,
-		InactiveThreshold: 30 * time.Second,
-	})
-	cancel()
+	cons, err := b.openConsumer(ctx, b.delivered.Load()+1, nil, 30*time.Second)
 	if err != nil {
-		return false, fmt.Errorf("create the consumer: %w", err)
+		return false, err
 	}
-	defer b.removeConsumer(cons)
+	// In the background: NATS may be away, and the next consumer need not wait.
+	defer func() { go b.removeConsumer(cons) }()
 	// Pulls of 4 s with a heartbeat a second: a consumer lost with its server is noticed
 	// within about two seconds.
 	it, err := cons.Messages(jetstream.PullExpiry(4*time.Second), jetstream.PullHeartbeat(time.Second),
@@ -380,18 +371,42 @@ func (b *natsBroker) consumeOnce(ctx context.Context) (bool, error) {
 	}
 }
 
-// removeConsumer deletes a consumer the replica no longer reads, in the background: the
-// server would remove it after its InactiveThreshold anyway.
+// natsRequestTimeout bounds each request to JetStream's API (a consumer made, the stream's
+// state read): during a leader election a request may go unanswered, and asking again soon
+// beats waiting long.
+const natsRequestTimeout = 2 * time.Second
+
+// openConsumer makes a consumer of the stream's subjects (all when nil) from sequence from:
+// in memory on one server, no acks, removed by the server once idle for that long.
+func (b *natsBroker) openConsumer(ctx context.Context, from uint64, subjects []string, idle time.Duration) (jetstream.Consumer, error) {
+	ctx, cancel := context.WithTimeout(ctx, natsRequestTimeout)
+	defer cancel()
+	cons, err := b.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Description:       "sse-dashboard",
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       from,
+		FilterSubjects:    subjects,
+		AckPolicy:         jetstream.AckNonePolicy,
+		MemoryStorage:     true,
+		Replicas:          1,
+		InactiveThreshold: idle,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create a consumer: %w", err)
+	}
+	return cons, nil
+}
+
+// removeConsumer deletes a consumer no longer read, waiting at most natsRequestTimeout:
+// the server would remove it once idle anyway.
 func (b *natsBroker) removeConsumer(cons jetstream.Consumer) {
 	info := cons.CachedInfo()
 	if info == nil {
 		return
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = b.js.DeleteConsumer(ctx, b.name, info.Name)
-	}()
+	ctx, cancel := context.WithTimeout(context.Background(), natsRequestTimeout)
+	defer cancel()
+	_ = b.js.DeleteConsumer(ctx, b.name, info.Name)
 }
 
 // deliver frames one message of the stream and hands it to the hub, which sends it to
@@ -511,7 +526,9 @@ func (b *natsBroker) resume(ctx context.Context, sub *subscriber, after, last ui
 		return nil, "", err
 	}
 	defer b.giveTurn()
-	info, err := b.stream.Info(ctx)
+	infoCtx, cancel := context.WithTimeout(ctx, natsRequestTimeout)
+	info, err := b.stream.Info(infoCtx)
+	cancel()
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: read the stream's state: %v", errBrokerUnavailable, err)
 	}
@@ -561,40 +578,29 @@ func (b *natsBroker) giveTurn() {
 }
 
 // replay reads the events of topics after sequence after up to last with an ordered
-// consumer filtered to their subjects, and removes the consumer when done.
+// consumer filtered to their subjects (in memory, no acks, deliveries checked for gaps),
+// and removes the consumer when done.
 func (b *natsBroker) replay(ctx context.Context, topics []string, after, last uint64) ([]*hubEvent, error) {
 	b.m.replays.Inc()
 	subjects := make([]string, len(topics))
 	for i, topic := range topics {
 		subjects[i] = topicSubject(b.prefix, topic)
 	}
-	cons, err := b.js.OrderedConsumer(ctx, b.name, jetstream.OrderedConsumerConfig{
-		FilterSubjects:    subjects,
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       after + 1,
-		InactiveThreshold: replayIdle,
-		MaxResetAttempts:  2,
-	})
+	cons, err := b.openConsumer(ctx, after+1, subjects, replayIdle)
 	if err != nil {
 		return nil, err
+	}
+	defer b.removeConsumer(cons)
+	if cons.CachedInfo().NumPending == 0 {
+		return nil, nil
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(last-after, 500))))
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		it.Stop()
-		if info := cons.CachedInfo(); info != nil {
-			remove, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = b.js.DeleteConsumer(remove, b.name, info.Name) // the server removes it after replayIdle anyway
-			cancel()
-		}
-	}()
+	defer it.Stop()
 	var events []*hubEvent
-	if info := cons.CachedInfo(); info == nil || info.NumPending == 0 {
-		return nil, nil
-	}
-	for {
+	for next := uint64(1); ; next++ {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
 			return nil, err
@@ -602,6 +608,9 @@ func (b *natsBroker) replay(ctx context.Context, topics []string, after, last ui
 		meta, err := msg.Metadata()
 		if err != nil {
 			return nil, err
+		}
+		if meta.Sequence.Consumer != next {
+			return nil, fmt.Errorf("replay delivery %d came after %d: a gap", meta.Sequence.Consumer, next-1)
 		}
 		seq := meta.Sequence.Stream
 		if seq > last {
@@ -636,8 +645,8 @@ func (b *natsBroker) Health() (bool, string) {
 
 // Close stops the replica's consumer and closes the connection.
 func (b *natsBroker) Close() {
-	b.stopFollowing()
-	<-b.followed
+	b.stopConsuming()
+	<-b.consumed
 	b.nc.Close()
 }
 

@@ -71,7 +71,7 @@ func handlePublish(b broker, token string) http.Handler {
 		id, err := b.PublishEvent(r.Context(), publication{topic: topic, event: event, data: data, key: key})
 		if err != nil {
 			w.Header().Set("Retry-After", strconv.Itoa(publishRetryAfter))
-			http.Error(w, "503 service unavailable: the event was not stored: "+err.Error()+"; retry later, with the same Idempotency-Key", http.StatusServiceUnavailable)
+			http.Error(w, "503 service unavailable: the event was not acknowledged as stored ("+err.Error()+"): retry later, with the same Idempotency-Key", http.StatusServiceUnavailable)
 			return
 		}
 		answer, _ := json.Marshal(publishAnswer{ID: id})
