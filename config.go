@@ -36,6 +36,7 @@ type config struct {
 	publicTopics    string // comma-separated topic patterns that need no token
 	allowedOrigins  string // comma-separated origins whose pages may send credentials to /sse
 	stream          streamConfig
+	nats            natsConfig // the JetStream stream that keeps topics and history, if nats.urls is set
 }
 
 // parseConfig reads flags from args, each with an environment fallback (ADDR, INTERVAL,
@@ -85,6 +86,18 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.StringVar(&cfg.stream.Auth.cookie, "jwt-cookie", "sse_token", "cookie that carries a token, after Authorization: Bearer and before ?access_token=")
 	fs.StringVar(&cfg.publicTopics, "public-topics", "", "comma-separated topic patterns (news,prices/*,public/**) that need no token when a JWT key is set")
 	fs.StringVar(&cfg.allowedOrigins, "allowed-origins", "", "comma-separated origins (https://app.example) whose pages may read /sse with credentials (EventSource withCredentials: a cookie); others get Access-Control-Allow-Origin: *")
+	fs.StringVar(&cfg.nats.urls, "nats", "", "comma-separated NATS server URLs (nats://127.0.0.1:4222): topics and their history live in one JetStream stream shared by every replica (empty = the in-process hub)")
+	fs.StringVar(&cfg.nats.prefix, "nats-prefix", "sse", "subject prefix of the stream: topic orders/42 is subject <prefix>.orders/42; the stream is named after it")
+	fs.IntVar(&cfg.nats.replicas, "nats-replicas", 1, "copies of the stream a NATS cluster keeps (1 to 5; 3 for a three-node cluster)")
+	fs.IntVar(&cfg.nats.replays, "nats-replays", 32, "resuming streams that read history from NATS at once; more wait their turn")
+	fs.StringVar(&cfg.nats.user, "nats-user", "", "NATS user name (with -nats-password)")
+	fs.StringVar(&cfg.nats.password, "nats-password", "", "NATS password; prefer the environment variable to the command line")
+	fs.StringVar(&cfg.nats.token, "nats-token", "", "NATS authentication token; prefer the environment variable to the command line")
+	fs.StringVar(&cfg.nats.nkeyFile, "nats-nkey", "", "file holding the NKey seed to authenticate to NATS with")
+	fs.StringVar(&cfg.nats.credsFile, "nats-creds", "", "NATS credentials file (a user JWT and its NKey seed)")
+	fs.StringVar(&cfg.nats.caFile, "nats-ca", "", "PEM file of the certificate authorities that sign the NATS servers' certificates (turns on TLS)")
+	fs.StringVar(&cfg.nats.certFile, "nats-cert", "", "PEM client certificate for NATS servers that ask for one (with -nats-key)")
+	fs.StringVar(&cfg.nats.keyFile, "nats-key", "", "PEM private key of -nats-cert")
 	fs.StringVar(&cfg.demoTopic, "demo-topic", "", "publish a random DashBoard to this topic every -interval, so every page on ?topic= shows the same numbers (empty = off)")
 
 	if err := fs.Parse(args); err != nil {
@@ -154,6 +167,8 @@ func envName(flagName string) string {
 		return "VERBOSE"
 	case "version":
 		return ""
+	case "nats":
+		return "NATS_URL"
 	}
 	return strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
@@ -233,6 +248,9 @@ func (cfg config) validate() error {
 		if err := checkOrigin(origin); err != nil {
 			return fmt.Errorf("invalid -allowed-origins entry %q: %w", origin, err)
 		}
+	}
+	if err := cfg.nats.validate(cfg.stream.History); err != nil {
+		return err
 	}
 	if cfg.demoTopic != "" {
 		if err := checkTopic(cfg.demoTopic); err != nil {

@@ -141,6 +141,7 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 					RetrySpread: 3 * time.Second, WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000, LogRate: 50,
 					History: historyLimits{count: 10000, age: 5 * time.Minute, bytes: 64 << 20}, SubscriberQueue: 128,
 					Auth: authConfig{cookie: "sse_token"}},
+				nats: natsConfig{prefix: "sse", replicas: 1, replays: 32},
 			})
 		}},
 		{"per-address limit behind proxies", nil, map[string]string{"MAX_CLIENTS_PER_IP": "20", "TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8,::1"}, func(c config) bool {

@@ -66,8 +66,9 @@ func nextUsers(users uint) uint {
 }
 
 // publishDemo publishes the values of one producer to topic until ctx ends: one random walk
-// for every subscriber, so every page on the topic shows the same numbers.
-func publishDemo(ctx context.Context, h *hub, topic string, interval time.Duration) {
+// for every subscriber, so every page on the topic shows the same numbers. A value the broker
+// cannot store (NATS unreachable) is skipped: the next one is published anew.
+func publishDemo(ctx context.Context, b broker, topic string, interval time.Duration) {
 	values := make(chan DashBoard, 1)
 	go produce(ctx, values, interval)
 	var data []byte
@@ -77,7 +78,7 @@ func publishDemo(ctx context.Context, h *hub, topic string, interval time.Durati
 			return
 		case v := <-values:
 			data = v.AppendJSON(data[:0])
-			h.Publish(topic, "", data)
+			_, _ = b.PublishEvent(ctx, publication{topic: topic, data: data})
 		}
 	}
 }

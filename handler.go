@@ -71,7 +71,8 @@ type sseHandler struct {
 	logger  *slog.Logger
 	metrics *metrics
 	opening []byte    // the first bytes of every stream: the retry delay and a comment
-	hub     *hub      // the topics' subscribers and history
+	hub     *hub      // the topics' local subscribers, and their history unless broker keeps it
+	broker  broker    // where topic events are published and resumed from: hub, or JetStream
 	endLog  *logLimit // bounds the lines that say why a stream ended
 
 	auth *authorizer // checks the tokens of private topics; nil when every topic is public
@@ -81,7 +82,10 @@ type sseHandler struct {
 	streamsOpen atomic.Int64
 	perAddr     addrCounts // streams open by client address, for MaxClientsPerIP
 	stop        shutdown
-	streams     sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
+	// stopCtx ends when Shutdown begins: a stream waiting for its replay gives up then.
+	stopCtx    context.Context
+	cancelStop context.CancelFunc
+	streams    sync.WaitGroup // every ServeHTTP that holds a place, so Wait can wait for their last log line
 
 	mu      sync.Mutex
 	writers map[*stream]struct{} // every open stream, for Shutdown
@@ -103,6 +107,8 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 	h.hub.registerGauges(h.metrics.registry)
 	h.auth = newAuthorizer(cfg.Auth, h.metrics.registry)
 	h.cors = corsPolicy{origins: cfg.Auth.origins}
+	h.broker = h.hub
+	h.stopCtx, h.cancelStop = context.WithCancel(context.Background())
 	return h
 }
 
@@ -111,6 +117,7 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 // whole write timeout. Call it before shutting the server down.
 func (h *sseHandler) Shutdown(deadline time.Time) {
 	h.stop.begin(deadline)
+	h.cancelStop()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for s := range h.writers {
@@ -243,7 +250,11 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if topics != nil {
 		// The stream runs here, not in subscribe: one frame less on a stack that every open
 		// stream keeps.
-		sub, opening := h.subscribe(s, r, topics, expires)
+		sub, opening, unavailable := h.subscribe(s, r, topics, expires)
+		if unavailable != nil {
+			reason, err = endUnavailable, unavailable
+			return
+		}
 		defer h.unsubscribe(s, sub)
 		reason, err = s.run(opening, nil, r.Context().Done())
 		return
@@ -302,7 +313,7 @@ func (h *sseHandler) topicsOf(w http.ResponseWriter, r *http.Request) ([]string,
 // stream has no producer: it waits on its subscription.
 //
 //go:noinline
-func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string, expires time.Time) (*subscriber, []byte) {
+func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string, expires time.Time) (*subscriber, []byte, error) {
 	if !expires.IsZero() {
 		s.expiry = time.NewTimer(time.Until(expires))
 		s.authExpired = s.expiry.C
@@ -311,18 +322,41 @@ func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string, expi
 	// A subscriber dropped while its client holds a write up gets that write cut at once.
 	rc := s.rc
 	cut := func() { _ = rc.SetWriteDeadline(time.Now()) }
-	sub := h.hub.Subscribe(topics, lastID, hasLastID, cut)
+	ctx, cancel := context.WithTimeout(h.stopCtx, resumeTimeout)
+	sub, err := h.broker.SubscribeFrom(ctx, topics, lastID, hasLastID, cut)
+	cancel()
+	if err != nil {
+		if s.expiry != nil {
+			s.expiry.Stop()
+		}
+		h.comeBackLater(s, err)
+		return nil, nil, err
+	}
 	h.logger.Debug("client subscribed", "client", s.name, "topics", topics, "last_event_id", lastID, "reset", string(sub.reset))
 	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.hub.metrics
 	s.lastID = sub.at
-	return sub.sub, h.topicOpening(sub)
+	return sub.sub, h.topicOpening(sub), nil
 }
 
 // unsubscribe ends the subscription of the topic stream s once it has ended.
 func (h *sseHandler) unsubscribe(s *stream, sub *subscriber) {
-	h.hub.Unsubscribe(sub)
+	h.broker.Unsubscribe(sub)
 	if s.expiry != nil {
 		s.expiry.Stop()
+	}
+}
+
+// resumeTimeout bounds how long a topic stream waits for its place to resume: a turn among
+// the replays under way, and the replay itself.
+const resumeTimeout = 10 * time.Second
+
+// comeBackLater tells a topic stream's client that it cannot be resumed now, because
+// err, to reconnect after a spread delay, and ends the stream. A failed write changes
+// nothing: the stream ends either way.
+func (h *sseHandler) comeBackLater(s *stream, err error) {
+	h.logger.Debug("topic stream cannot resume now", "client", s.name, "error", err)
+	if s.rc.Flush() == nil {
+		_ = s.write(appendRetry(nil, h.cfg.spreadRetry(), "history unavailable: reconnect later"))
 	}
 }
 

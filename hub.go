@@ -5,6 +5,7 @@ package main
 // missed. It lives in the process: no other server is needed.
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base32"
 	"errors"
@@ -75,6 +76,52 @@ func isAlphanumeric(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }
 
+// broker is where topic events are published and subscribed to: the in-process hub (the
+// default), or a JetStream stream shared by every replica (-nats, nats.go). The SSE handler
+// and POST /publish speak to it alone.
+type broker interface {
+	// PublishEvent publishes p and returns the SSE id it got, once it is stored: in the
+	// hub's history, or acknowledged by JetStream.
+	PublishEvent(ctx context.Context, p publication) (string, error)
+	// SubscribeFrom subscribes to topics and returns what to replay after lastID (an id a
+	// client sent, if hasLastID), as hub.Subscribe does. An error means the stream cannot
+	// resume now and its client should come back later.
+	SubscribeFrom(ctx context.Context, topics []string, lastID string, hasLastID bool, onDrop func()) (subscription, error)
+	// Unsubscribe ends a subscription that SubscribeFrom returned.
+	Unsubscribe(sub *subscriber)
+	// Health says whether the broker can publish now and, if not, why, for /readyz.
+	Health() (ok bool, why string)
+}
+
+// publication is one event to publish: its topic and SSE event type (both checked; an empty
+// type is a message), its data, and an idempotency key (empty for none) under which a
+// retried publish is stored once.
+type publication struct {
+	topic, event string
+	data         []byte
+	key          string
+}
+
+// errBrokerUnavailable is what a broker answers while it cannot store or replay events;
+// POST /publish turns it into 503 with Retry-After.
+var errBrokerUnavailable = errors.New("the event store is unreachable")
+
+// PublishEvent publishes p to the hub, which stores it at once. The hub keeps no record of
+// idempotency keys: a retried publish is a new event.
+func (h *hub) PublishEvent(_ context.Context, p publication) (string, error) {
+	return h.Publish(p.topic, p.event, p.data), nil
+}
+
+// SubscribeFrom is Subscribe; the hub never fails.
+func (h *hub) SubscribeFrom(_ context.Context, topics []string, lastID string, hasLastID bool, onDrop func()) (subscription, error) {
+	return h.Subscribe(topics, lastID, hasLastID, onDrop), nil
+}
+
+// Health reports the hub always able to publish: it lives in the process.
+func (h *hub) Health() (bool, string) {
+	return true, ""
+}
+
 // hubEvent is one published event, framed once: every subscriber is sent the same bytes.
 type hubEvent struct {
 	seq   uint64    // its place in the hub's one sequence
@@ -92,7 +139,8 @@ type subscriber struct {
 	queue   chan *hubEvent
 	onDrop  func()
 	dropped atomic.Bool
-	active  bool // subscribed to its topics; guarded by the hub's mu
+	active  bool   // subscribed to its topics; guarded by the hub's mu
+	after   uint64 // events up to this sequence number are not queued; guarded by the hub's mu
 }
 
 // historyLimits bound what the hub keeps for clients that reconnect: the newest count
@@ -183,15 +231,79 @@ func (h *hub) Publish(topic, event string, data []byte) string {
 	ev := &hubEvent{seq: h.seq, topic: topic, at: now}
 	ev.frame = appendNamedEvent(nil, h.appendID(id[:0], h.seq), event, data)
 	h.remember(ev)
-	for sub := range h.subscribers[topic] {
+	h.fanOut(ev)
+	h.metrics.published.Inc()
+	return h.id(ev.seq)
+}
+
+// fanOut queues ev for every subscriber of its topic that has not had it yet, and drops
+// one whose queue is full. Called with mu held.
+func (h *hub) fanOut(ev *hubEvent) {
+	for sub := range h.subscribers[ev.topic] {
+		if ev.seq <= sub.after {
+			continue
+		}
 		select {
 		case sub.queue <- ev:
 		default:
 			h.drop(sub)
 		}
 	}
-	h.metrics.published.Inc()
-	return h.id(ev.seq)
+}
+
+// follow makes h the local fan-out of a sequence kept elsewhere (a JetStream stream): ids
+// in epoch, the last event delivered so far seq, and no history of its own, because the
+// stream keeps it. Call it before h serves anyone.
+func (h *hub) follow(epoch string, seq uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.epoch, h.seq = epoch, seq
+	h.ring, h.head, h.kept, h.keptBytes = nil, 0, 0, 0
+}
+
+// deliver fans out an event numbered outside the hub, its frame already carrying its id,
+// and makes seq the hub's last. Events arrive in sequence order; one at or below the last
+// delivered (a consumer that started again) is ignored, so none goes out twice.
+func (h *hub) deliver(seq uint64, topic string, frame []byte) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if seq <= h.seq {
+		return
+	}
+	h.seq = seq
+	h.fanOut(&hubEvent{seq: seq, topic: topic, at: time.Now(), frame: frame})
+}
+
+// subscribeLive subscribes to topics (checked, without duplicates) and returns the
+// subscriber with the sequence number of the last event delivered, under the one lock that
+// deliver takes: every later event reaches the subscriber's queue, no earlier one does.
+func (h *hub) subscribeLive(topics []string, onDrop func()) (*subscriber, uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	sub := &subscriber{topics: topics, queue: make(chan *hubEvent, h.queueLen), onDrop: onDrop, active: true}
+	h.add(sub)
+	return sub, h.seq
+}
+
+// skipThrough makes sub skip the events up to seq that have not reached it yet: its client
+// has them already, from a replica whose consumer was ahead of this one's.
+func (h *hub) skipThrough(sub *subscriber, seq uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	sub.after = seq
+}
+
+// add subscribes sub to its topics. Called with mu held.
+func (h *hub) add(sub *subscriber) {
+	for _, topic := range sub.topics {
+		subs := h.subscribers[topic]
+		if subs == nil {
+			subs = make(map[*subscriber]struct{})
+			h.subscribers[topic] = subs
+		}
+		subs[sub] = struct{}{}
+	}
+	h.subscribed++
 }
 
 // remember adds ev to the history, then forgets the oldest events until the history is
@@ -283,15 +395,7 @@ func (h *hub) Subscribe(topics []string, lastID string, hasLastID bool, onDrop f
 		position: h.id(h.seq),
 		at:       h.seq,
 	}
-	for _, topic := range topics {
-		subs := h.subscribers[topic]
-		if subs == nil {
-			subs = make(map[*subscriber]struct{})
-			h.subscribers[topic] = subs
-		}
-		subs[s.sub] = struct{}{}
-	}
-	h.subscribed++
+	h.add(s.sub)
 	if !hasLastID {
 		return s
 	}

@@ -78,12 +78,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	var ready atomic.Bool
 	app, streams := newApp(cfg, logger, &ready)
+	if cfg.nats.urls != "" {
+		nb, err := startNATS(ctx, cfg.nats, cfg.stream.History, streams.hub, streams.metrics.registry, logger)
+		if err != nil {
+			return err
+		}
+		defer nb.Close()
+		streams.broker = nb
+	}
 	ln, err := listen(cfg, logger, streams.metrics.acceptErrors)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-	adminAddr, closeAdmin, err := serveAdmin(cfg, streams.metrics, handlePublish(streams.hub, cfg.publishToken, streams.auth), logger)
+	adminAddr, closeAdmin, err := serveAdmin(cfg, streams.metrics, handlePublish(streams.broker, cfg.publishToken, streams.auth), logger)
 	if err != nil {
 		return err
 	}
@@ -95,7 +103,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if cfg.demoTopic != "" {
 		demoCtx, stopDemo := context.WithCancel(ctx)
 		defer stopDemo()
-		go publishDemo(demoCtx, streams.hub, cfg.demoTopic, cfg.stream.Interval)
+		go publishDemo(demoCtx, streams.broker, cfg.demoTopic, cfg.stream.Interval)
 	}
 	served := make(chan error, 1)
 	go func() { served <- app.Listener(ln) }()
@@ -210,7 +218,7 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 	app.Get("/sse", offWorker(adaptor.HTTPHandler(recoverStream(streams, logger))))
 	app.Options("/sse", handlePreflight(streams.cors))
 	app.Get("/healthz", handleHealth(streams))
-	app.Get("/readyz", handleReady(ready))
+	app.Get("/readyz", handleReady(ready, streams))
 	return app, streams
 }
 
@@ -242,13 +250,20 @@ func handleHealth(streams *sseHandler) fiber.Handler {
 }
 
 // handleReady answers 200 while the server takes new streams and 503 once it is shutting
-// down, so that a load balancer sends new clients elsewhere before the streams end.
-func handleReady(ready *atomic.Bool) fiber.Handler {
+// down, so that a load balancer sends new clients elsewhere before the streams end. With
+// -nats, a second line says whether NATS is reachable. A replica that lost NATS stays ready:
+// every replica shares it, so taking them out would end every stream, where staying keeps
+// the page, the random stream and live topic streams going, and a stream that must read
+// history is told to come back later.
+func handleReady(ready *atomic.Bool, streams *sseHandler) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		c.Set("Cache-Control", "no-store")
+		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
 		if !ready.Load() {
-			c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
 			return c.Status(fiber.StatusServiceUnavailable).SendString("503 shutting down\n")
+		}
+		if _, why := streams.broker.Health(); why != "" {
+			return c.SendString("ready\n" + why + "\n")
 		}
 		return c.SendString("ready\n")
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -37,10 +38,12 @@ type publishAnswer struct {
 }
 
 // handlePublish serves POST /publish on the admin listener: it checks the body, publishes
-// the event to h and answers with its id. With a token or a JWT key (auth not nil), the
-// request must carry "Authorization: Bearer" with the token, compared in constant time, or
-// a JWT whose publish claim covers the topic.
-func handlePublish(h *hub, token string, auth *authorizer) http.Handler {
+// the event to b and answers with its id once b has stored it. With a token or a JWT key
+// (auth not nil), the request must carry "Authorization: Bearer" with the token, compared
+// in constant time, or a JWT whose publish claim covers the topic. An Idempotency-Key (or
+// Nats-Msg-Id) header makes retries of one publish land once, where b keeps such keys.
+// While b cannot store events the answer is 503 with Retry-After.
+func handlePublish(b broker, token string, auth *authorizer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var claims *sseClaims // a publisher's JWT, checked against the topic once it is read
 		if token != "" || auth != nil {
@@ -77,11 +80,50 @@ func handlePublish(h *hub, token string, auth *authorizer) http.Handler {
 				return
 			}
 		}
-		answer, _ := json.Marshal(publishAnswer{ID: h.Publish(topic, event, data)})
+		key, err := idempotencyKey(r.Header)
+		if err != nil {
+			http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		id, err := b.PublishEvent(r.Context(), publication{topic: topic, event: event, data: data, key: key})
+		if err != nil {
+			w.Header().Set("Retry-After", strconv.Itoa(publishRetryAfter))
+			http.Error(w, "503 service unavailable: the event was not acknowledged as stored ("+err.Error()+"): retry later, with the same Idempotency-Key", http.StatusServiceUnavailable)
+			return
+		}
+		answer, _ := json.Marshal(publishAnswer{ID: id})
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
 		w.Write(append(answer, '\n'))
 	})
+}
+
+// publishRetryAfter is the Retry-After, in seconds, of a publish that could not be stored.
+const publishRetryAfter = 2
+
+// maxIdempotencyKey is the longest idempotency key a publish may carry, in bytes.
+const maxIdempotencyKey = 128
+
+// idempotencyKey returns the publish's idempotency key: the Idempotency-Key header, or
+// Nats-Msg-Id as NATS clients name it, empty if neither is sent. Both with different values,
+// or a key that is long or not printable ASCII, is an error that says so.
+func idempotencyKey(header http.Header) (string, error) {
+	key, msgID := header.Get("Idempotency-Key"), header.Get("Nats-Msg-Id")
+	if key != "" && msgID != "" && key != msgID {
+		return "", errors.New("the Idempotency-Key and Nats-Msg-Id headers differ: send one of them")
+	}
+	if key == "" {
+		key = msgID
+	}
+	if len(key) > maxIdempotencyKey {
+		return "", fmt.Errorf("the idempotency key is %d bytes long, over %d", len(key), maxIdempotencyKey)
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] <= ' ' || key[i] > '~' {
+			return "", fmt.Errorf("the idempotency key holds %q at byte %d: only printable ASCII without spaces is allowed", key[i], i)
+		}
+	}
+	return key, nil
 }
 
 // hasBearer reports whether an Authorization header carries token as a bearer token,

@@ -26,6 +26,7 @@ const (
 	endTooSlow      endReason = "too_slow"      // a topic stream fell a whole queue behind its topics
 	endAuthExpired  endReason = "auth_expired"  // a private topic stream's token expired
 	endError        endReason = "error"         // the stream could not go on: its HTTP/1.0 take-over failed, or its handler panicked
+	endUnavailable  endReason = "unavailable"   // a topic stream could not be resumed: the event store was unreachable
 )
 
 // stream is the writing side of one client's connection: reused buffers, the next id, and
