@@ -594,7 +594,12 @@ func (b *natsBroker) replay(ctx context.Context, topics []string, after, last ui
 	if cons.CachedInfo().NumPending == 0 {
 		return nil, nil
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(last-after, 500))))
+	// A heartbeat a second, as for the replica's consumer: a replay whose consumer was lost
+	// with its server fails within two seconds, and its client comes back, rather than
+	// waiting out resumeTimeout.
+	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(last-after, 500))),
+		jetstream.PullExpiry(4*time.Second), jetstream.PullHeartbeat(time.Second),
+		jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {
 		return nil, err
 	}
