@@ -263,7 +263,8 @@ func (h *hub) follow(epoch string, seq uint64) {
 
 // deliver fans out an event numbered outside the hub, its frame already carrying its id,
 // and makes seq the hub's last. Events arrive in sequence order; one at or below the last
-// delivered (a consumer that started again) is ignored, so none goes out twice.
+// delivered (a consumer that started again) is ignored, so none goes out twice. An empty
+// topic, which no one subscribes to, only moves the sequence on.
 func (h *hub) deliver(seq uint64, topic string, frame []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -307,9 +307,9 @@ func streamEpoch(created time.Time) string {
 // Its consumer is an ordered one, made here rather than by jetstream.OrderedConsumer: in
 // memory on one server, no acks, its delivery sequence checked for gaps, and made again
 // after the last event delivered whenever it fails (NATS gone, its server lost, a gap).
-// The library's ordered consumer waits up to 10 s for each re-creation and then backs off;
-// after the loss of a cluster node that stalled delivery for 11 s, where this one asks
-// again every 2 s at most.
+// The library's ordered consumer waits up to 10 s for each re-creation and then backs off,
+// which stalls delivery for up to 11 s after the loss of a cluster node; this one asks
+// again within 2 s.
 func (b *natsBroker) consumeStream(ctx context.Context) {
 	pause := consumePause
 	for {
@@ -594,7 +594,12 @@ func (b *natsBroker) replay(ctx context.Context, topics []string, after, last ui
 	if cons.CachedInfo().NumPending == 0 {
 		return nil, nil
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(last-after, 500))))
+	// A heartbeat a second, as for the replica's consumer: a replay whose consumer was lost
+	// with its server fails within two seconds, and its client comes back, rather than
+	// waiting out resumeTimeout.
+	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(last-after, 500))),
+		jetstream.PullExpiry(4*time.Second), jetstream.PullHeartbeat(time.Second),
+		jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {
 		return nil, err
 	}

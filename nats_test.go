@@ -757,8 +757,8 @@ func TestDeployNATS_ClusterConfigRunsAndTheServiceAuthenticates(t *testing.T) {
 }
 
 func TestNATS_ReconnectStormQueuesReplaysAndEachGetsItsHistory(t *testing.T) {
-	skipShort(t, "a NATS server, a server process and 500 streams")
-	const clients, back, turns = 500, 100, 4
+	skipShort(t, "a NATS server, a server process and 300 streams")
+	const clients, back, turns = 300, 100, 8
 	node := runNATSServer(t)
 	a := startProcess(t, "-nats", node.url(), "-nats-replays", strconv.Itoa(turns))
 	js := connectJS(t, node.url())
