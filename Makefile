@@ -32,12 +32,13 @@ test: lint ## vet, every test with the race detector, then a short fuzz run
 	@test -n "$$NGINX_PATH" || test -x /usr/sbin/nginx || command -v nginx >/dev/null || echo "*** nginx not found: the proxy tests will be SKIPPED (apt-get install nginx) ***"
 	$(GO) test -race -count=1 -parallel 16 -timeout 20m ./... -cut-subscribers=100 -cut-publishes=1000
 	$(GO) test -count=1 -run '^TestHub_ThousandSubscribersCutAtRandomLoseNothing$$' .
-	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5000x
 
-fuzz: ## fuzz the frame writer, the Last-Event-ID parser, Accept's weights, the publish body, topic patterns and token extraction (FUZZTIME=1m)
+fuzz: ## fuzz the frame writer, the Last-Event-ID parser, Accept's weights and list, the publish body, topic patterns and token extraction (FUZZTIME=1m)
 	$(GO) test -run '^$$' -fuzz '^FuzzAppendEvent$$' -fuzztime $(or $(FUZZTIME),1m) .
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLastEventID$$' -fuzztime $(or $(FUZZTIME),1m) .
 	$(GO) test -run '^$$' -fuzz '^FuzzParseQValue$$' -fuzztime $(or $(FUZZTIME),1m) .
+	$(GO) test -run '^$$' -fuzz '^FuzzAcceptsEventStream$$' -fuzztime $(or $(FUZZTIME),1m) .
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePublish$$' -fuzztime $(or $(FUZZTIME),1m) .
 	$(GO) test -run '^$$' -fuzz '^FuzzMatchTopic$$' -fuzztime $(or $(FUZZTIME),1m) .
 	$(GO) test -run '^$$' -fuzz '^FuzzTokenFrom$$' -fuzztime $(or $(FUZZTIME),1m) .

@@ -19,7 +19,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -1062,38 +1061,11 @@ func BenchmarkTopicStream(b *testing.B) {
 
 func TestEventSourcePackage_ReadsAPrivateTopicWithAnAuthorizationHeader(t *testing.T) {
 	skipShort(t, "node and the npm eventsource package")
-	node := requireTool(t, "", "node", "nodejs")
-	npm := requireTool(t, "", "npm", "npm")
-	dir := t.TempDir()
-	for _, name := range []string{"package.json", "package-lock.json", "client.mjs"} {
-		body, err := os.ReadFile(filepath.Join("testdata", "eventsource", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), body, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	install := exec.Command(npm, "ci", "--no-audit", "--no-fund", "--loglevel=error")
-	install.Dir = dir
-	if out, err := install.CombinedOutput(); err != nil {
-		t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
-	}
-
 	// Streams end every second, so the header must travel on every reconnect too.
 	srv := startServerEnv(t, authEnv, "-publish-token", "pub", "-max-lifetime", "1s", "-retry", "300ms", "-retry-spread", "0")
 	const events = 20
-	client := exec.Command(node, "client.mjs", topicURL(srv.url, "orders/1"), strconv.Itoa(events))
-	client.Dir = dir
-	client.Env = append(os.Environ(), "SSE_TOKEN="+hs256(t, grant(time.Hour, []string{"orders/*"}, nil)))
-	out := newLogBuffer()
-	client.Stdout, client.Stderr = out, out
-	if err := client.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- client.Wait() }()
-	t.Cleanup(func() { client.Process.Kill() })
+	client := startNPMClient(t, topicURL(srv.url, "orders/1"), events,
+		"SSE_TOKEN="+hs256(t, grant(time.Hour, []string{"orders/*"}, nil)))
 	eventually(t, 10*time.Second, "the client subscribed", func() bool { return metric(t, srv.adminURL, "sse_hub_subscribers") == 1 })
 
 	var want []string
@@ -1102,24 +1074,7 @@ func TestEventSourcePackage_ReadsAPrivateTopicWithAnAuthorizationHeader(t *testi
 		want = append(want, fmt.Sprintf(`{"id":%q,"data":%q}`, publishAs(t, srv.adminURL, "pub", "orders/1", data), data))
 		time.Sleep(100 * time.Millisecond)
 	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("node client.mjs: %v\n%s", err, out.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("the client did not get %d events within 30s; it printed:\n%s", events, out.String())
-	}
-	var got []string
-	opens := 0
-	for line := range strings.Lines(out.String()) {
-		switch line = strings.TrimSpace(line); {
-		case line == `{"open":true}`:
-			opens++
-		case line != "":
-			got = append(got, line)
-		}
-	}
+	got, opens := client.wait(t)
 	if !slices.Equal(got, want) {
 		t.Errorf("the eventsource package printed\n%s\nwant exactly\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}

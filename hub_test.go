@@ -593,6 +593,41 @@ func TestPage_TopicResetClearsTheChartAndSaysSo(t *testing.T) {
 
 func TestEventSourcePackage_ResumesTopicsWithoutLoss(t *testing.T) {
 	skipShort(t, "node and the npm eventsource package")
+	srv := startServer(t, "-max-lifetime", "1s", "-retry", "300ms", "-retry-spread", "0")
+	const events = 30
+	client := startNPMClient(t, topicURL(srv.url, "orders/1", "orders/2"), events)
+	eventually(t, 10*time.Second, "the client subscribed", func() bool { return metric(t, srv.adminURL, "sse_hub_subscribers") == 1 })
+
+	var want []string
+	for i := range events {
+		topic := []string{"orders/1", "orders/2"}[i%2]
+		data := fmt.Sprintf("event %d\non two lines", i)
+		want = append(want, fmt.Sprintf(`{"id":%q,"data":%q}`, publishEvent(t, srv.adminURL, topic, "", data), data))
+		publishEvent(t, srv.adminURL, "orders/3", "", "not subscribed")
+		time.Sleep(100 * time.Millisecond)
+	}
+	got, opens := client.wait(t)
+	if !slices.Equal(got, want) {
+		t.Errorf("the eventsource package printed\n%s\nwant exactly\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if opens < 2 {
+		t.Errorf("the client opened the stream %d times, want at least 2: the cuts tested nothing", opens)
+	}
+}
+
+// npmClient is testdata/eventsource/client.mjs, the npm eventsource package reading one
+// stream in a node process of its own.
+type npmClient struct {
+	out    *logBuffer
+	exited chan error
+	events int
+}
+
+// startNPMClient installs the npm eventsource package in a temporary directory and starts
+// client.mjs on url, with env added to its environment; it prints each message as a JSON
+// line until it has events of them, then exits.
+func startNPMClient(t *testing.T, url string, events int, env ...string) *npmClient {
+	t.Helper()
 	node := requireTool(t, "", "node", "nodejs")
 	npm := requireTool(t, "", "npm", "npm")
 	dir := t.TempDir()
@@ -610,54 +645,40 @@ func TestEventSourcePackage_ResumesTopicsWithoutLoss(t *testing.T) {
 	if out, err := install.CombinedOutput(); err != nil {
 		t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
 	}
-
-	srv := startServer(t, "-max-lifetime", "1s", "-retry", "300ms", "-retry-spread", "0")
-	const events = 30
-	client := exec.Command(node, "client.mjs", topicURL(srv.url, "orders/1", "orders/2"), strconv.Itoa(events))
-	client.Dir = dir
-	out := newLogBuffer()
-	client.Stdout, client.Stderr = out, out
-	if err := client.Start(); err != nil {
+	cmd := exec.Command(node, "client.mjs", url, strconv.Itoa(events))
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	c := &npmClient{out: newLogBuffer(), exited: make(chan error, 1), events: events}
+	cmd.Stdout, cmd.Stderr = c.out, c.out
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- client.Wait() }()
-	t.Cleanup(func() { client.Process.Kill() })
-	eventually(t, 10*time.Second, "the client subscribed", func() bool { return metric(t, srv.adminURL, "sse_hub_subscribers") == 1 })
+	go func() { c.exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return c
+}
 
-	var want []string
-	for i := range events {
-		topic := []string{"orders/1", "orders/2"}[i%2]
-		data := fmt.Sprintf("event %d\non two lines", i)
-		want = append(want, fmt.Sprintf(`{"id":%q,"data":%q}`, publishEvent(t, srv.adminURL, topic, "", data), data))
-		publishEvent(t, srv.adminURL, "orders/3", "", "not subscribed")
-		time.Sleep(100 * time.Millisecond)
-	}
+// wait waits, up to 30s, for the client to exit after its events, and returns the messages
+// it printed and how many times it opened the stream.
+func (c *npmClient) wait(t *testing.T) (messages []string, opens int) {
+	t.Helper()
 	select {
-	case err := <-exited:
+	case err := <-c.exited:
 		if err != nil {
-			t.Fatalf("node client.mjs: %v\n%s", err, out.String())
+			t.Fatalf("node client.mjs: %v\n%s", err, c.out.String())
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatalf("the client did not get %d events within 30s; it printed:\n%s", events, out.String())
+		t.Fatalf("the client did not get %d events within 30s; it printed:\n%s", c.events, c.out.String())
 	}
-	var got []string
-	opens := 0
-	for line := range strings.Lines(out.String()) {
-		line = strings.TrimSpace(line)
-		switch {
+	for line := range strings.Lines(c.out.String()) {
+		switch line = strings.TrimSpace(line); {
 		case line == `{"open":true}`:
 			opens++
 		case line != "":
-			got = append(got, line)
+			messages = append(messages, line)
 		}
 	}
-	if !slices.Equal(got, want) {
-		t.Errorf("the eventsource package printed\n%s\nwant exactly\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
-	if opens < 2 {
-		t.Errorf("the client opened the stream %d times, want at least 2: the cuts tested nothing", opens)
-	}
+	return messages, opens
 }
 
 func FuzzParsePublish(f *testing.F) {
