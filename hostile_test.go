@@ -118,6 +118,7 @@ func TestHostile_RunningOutOfFileDescriptorsIsSurvived(t *testing.T) {
 }
 
 func TestHostile_MaxClientsFitsTheOpenFileLimit(t *testing.T) {
+	skipShort(t, "child processes at low open-file limits (3 s)")
 	t.Parallel()
 	const nofile, margin = 512, 64
 	proc := startProcessWith(t, processOptions{nofile: nofile}, "-interval", "1h", "-keepalive", "1h")
@@ -709,6 +710,7 @@ func TestHostile_AdminClosesIdleKeepAliveConnections(t *testing.T) {
 }
 
 func TestHostile_AdminConnectionsLeaveThePublicPortItsFiles(t *testing.T) {
+	skipShort(t, "a child process at a low open-file limit (3 s)")
 	const nofile = 256
 	proc := startProcessWith(t, processOptions{nofile: nofile}, "-interval", "50ms")
 	// More keep-alive connections to the admin port than the process has files, each

@@ -343,6 +343,7 @@ func TestHub_HistoryForgetsEventsOlderThanItsAge(t *testing.T) {
 }
 
 func TestHub_SlowSubscriberIsEndedAndResumesWithoutLoss(t *testing.T) {
+	skipShort(t, "a subscriber whose socket fills (5 s)")
 	t.Parallel()
 	srv := startServer(t, "-subscriber-queue", "8", "-send-buffer", "4096", "-write-timeout", "30s", "-retry", "10ms", "-retry-spread", "0")
 	// The slow one: a raw connection with a small receive buffer that reads nothing.

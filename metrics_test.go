@@ -350,6 +350,7 @@ func TestLog_DurationsAreGoDurationsInBothFormats(t *testing.T) {
 }
 
 func TestAdmin_ProfilesRunForTheSecondsAsked(t *testing.T) {
+	skipShort(t, "a CPU profile that runs for seconds")
 	srv := startServer(t)
 	client := &http.Client{Timeout: 20 * time.Second}
 	for _, path := range []string{"/debug/pprof/profile?seconds=1", "/debug/pprof/trace?seconds=1"} {

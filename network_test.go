@@ -280,6 +280,7 @@ type refusedThenServed struct {
 }
 
 func TestNetwork_RefusedEventSourceReconnectsByItself(t *testing.T) {
+	skipShort(t, "clients that wait out retry: (4 s)")
 	t.Parallel()
 	// A Go client that follows the HTML standard's reconnection rules, as the npm
 	// eventsource package does: it honours retry:, resends Last-Event-ID, and reconnects
@@ -453,6 +454,7 @@ es.onmessage = (e) => { window.log.push("message " + e.lastEventId); };
 }
 
 func TestNetwork_MaxLifetimeEndsAreSpread(t *testing.T) {
+	skipShort(t, "streams that live out -max-lifetime (5 s)")
 	t.Parallel()
 	const (
 		streams  = 200
@@ -533,6 +535,7 @@ func TestNetwork_MaxLifetimeEndsAreSpread(t *testing.T) {
 }
 
 func TestNetwork_ShutdownSpreadsReconnects(t *testing.T) {
+	skipShort(t, "clients that wait out a spread retry: (3 s)")
 	t.Parallel()
 	const (
 		streams = 200
