@@ -48,7 +48,7 @@ soak: ## the long fault scenarios, with a table of what they left behind
 
 stress: ## the whole suite three times while busy loops hold every core (a busy machine)
 	@hogs=; for i in $$(seq $$(nproc)); do timeout 45m sh -c 'while :; do :; done' & hogs="$$hogs $$!"; done; \
-	$(GO) test -race -count=$(or $(COUNT),3) -timeout 45m ./...; status=$$?; kill $$hogs; exit $$status
+	$(GO) test -race -count=$(or $(COUNT),3) -parallel 16 -timeout 45m ./... -cut-subscribers=100 -cut-publishes=1000; status=$$?; kill $$hogs; exit $$status
 
 lint: ## gofmt, go vet and staticcheck
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
