@@ -184,8 +184,9 @@ func (h *sseHandler) admitAddr(r *http.Request) (netip.Addr, bool) {
 // the panic itself.
 var errPanicked = errors.New("the stream's handler panicked")
 
-// ServeHTTP checks the request, takes a place among MaxClients, and streams until the
-// client goes, the server shuts down, or the stream reaches MaxLifetime.
+// ServeHTTP checks the request (its Accept, its topics and, for private topics, its token),
+// takes a place among MaxClients, and streams random values, or the topics asked for, until
+// the client goes, the server shuts down, or the stream reaches MaxLifetime.
 func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	header := w.Header()
 	h.cors.setHeaders(header, r.Header.Get("Origin"))
