@@ -607,13 +607,7 @@ func TestEventSourcePackage_ResumesTopicsWithoutLoss(t *testing.T) {
 		publishEvent(t, srv.adminURL, "orders/3", "", "not subscribed")
 		time.Sleep(100 * time.Millisecond)
 	}
-	got, opens := client.wait(t)
-	if !slices.Equal(got, want) {
-		t.Errorf("the eventsource package printed\n%s\nwant exactly\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
-	if opens < 2 {
-		t.Errorf("the client opened the stream %d times, want at least 2: the cuts tested nothing", opens)
-	}
+	client.expect(t, want)
 }
 
 // npmClient is testdata/eventsource/client.mjs, the npm eventsource package reading one
@@ -657,6 +651,20 @@ func startNPMClient(t *testing.T, url string, events int, env ...string) *npmCli
 	go func() { c.exited <- cmd.Wait() }()
 	t.Cleanup(func() { cmd.Process.Kill() })
 	return c
+}
+
+// expect waits for the client to exit after its events, then fails the test unless it printed
+// exactly want, {"id","data"} lines, and opened the stream at least twice: the server ends
+// streams in these tests, so a client that never reconnected tested nothing.
+func (c *npmClient) expect(t *testing.T, want []string) {
+	t.Helper()
+	got, opens := c.wait(t)
+	if !slices.Equal(got, want) {
+		t.Errorf("the eventsource package printed\n%s\nwant exactly\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if opens < 2 {
+		t.Errorf("the client opened the stream %d times, want at least 2: the reconnects tested nothing", opens)
+	}
 }
 
 // wait waits, up to 30s, for the client to exit after its events, and returns the messages
