@@ -107,13 +107,7 @@ func serveComparison(kind string, args []string) error {
 		open = streams.StreamsOpen
 		mux := http.NewServeMux()
 		mux.Handle("GET /sse", streams)
-		mux.Handle("GET /debug/vars", expvar.Handler())
-		// Requests share ctx, so that streams end at shutdown as they do under Fiber.
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: cfg.readTimeout,
-			BaseContext: func(net.Listener) context.Context { return ctx }}
-		go srv.Serve(ln)
-		<-ctx.Done()
-		return srv.Shutdown(context.Background())
+		return serveNetHTTP(ctx, ln, mux, cfg.readTimeout)
 	case "net/http-broadcast":
 		b := &broadcast{queueLen: cfg.stream.SubscriberQueue, subscribers: make(map[chan []byte]struct{})}
 		open = b.open.Load
@@ -121,12 +115,7 @@ func serveComparison(kind string, args []string) error {
 		mux := http.NewServeMux()
 		mux.Handle("GET /sse", b)
 		mux.HandleFunc("POST /publish", b.publish)
-		mux.Handle("GET /debug/vars", expvar.Handler())
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: cfg.readTimeout,
-			BaseContext: func(net.Listener) context.Context { return ctx }}
-		go srv.Serve(ln)
-		<-ctx.Done()
-		return srv.Shutdown(context.Background())
+		return serveNetHTTP(ctx, ln, mux, cfg.readTimeout)
 	case "fiber-native":
 		service, _ := newApp(cfg, logger, new(atomic.Bool))
 		settings := service.Config()
@@ -147,6 +136,18 @@ func serveComparison(kind string, args []string) error {
 		return app.Shutdown()
 	}
 	return fmt.Errorf("unknown comparison server %q", kind)
+}
+
+// serveNetHTTP serves mux, with /debug/vars added, on ln as a plain net/http server until
+// ctx ends, then shuts it down. Requests share ctx, so that streams end at shutdown as they
+// do under Fiber.
+func serveNetHTTP(ctx context.Context, ln net.Listener, mux *http.ServeMux, readTimeout time.Duration) error {
+	mux.Handle("GET /debug/vars", expvar.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: readTimeout,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	go srv.Serve(ln)
+	<-ctx.Done()
+	return srv.Shutdown(context.Background())
 }
 
 // fiberNativeStream is the same stream written with fasthttp's SetBodyStreamWriter instead
