@@ -1024,16 +1024,17 @@ func BenchmarkTopicStream(b *testing.B) {
 			}
 			h := handleSSE(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			w := &eventCounter{header: make(http.Header), limit: b.N}
-			ev := &hubEvent{seq: 1, topic: "orders/1", frame: appendNamedEvent(nil, []byte("e-1"), "", []byte(`{"User":512}`))}
+			frame := appendNamedEvent(nil, []byte("e-1"), "", []byte(`{"User":512}`))
 			done := make(chan struct{})
 			go func() {
 				var sub *subscriber
 				for sub == nil {
-					h.hub.mu.Lock()
-					for s := range h.hub.subscribers["orders/1"] {
+					fan := h.broker.fan
+					fan.mu.Lock()
+					for s := range fan.subscribers["orders/1"] {
 						sub = s
 					}
-					h.hub.mu.Unlock()
+					fan.mu.Unlock()
 					select {
 					case <-done:
 						return
@@ -1041,9 +1042,10 @@ func BenchmarkTopicStream(b *testing.B) {
 						runtime.Gosched()
 					}
 				}
-				for {
+				// A stream writes each sequence number once: every event is a new one.
+				for seq := uint64(1); ; seq++ {
 					select {
-					case sub.queue <- ev:
+					case sub.queue <- &topicEvent{seq: seq, topic: "orders/1", frame: frame}:
 					case <-done:
 						return
 					}

@@ -68,7 +68,7 @@ func nextUsers(users uint) uint {
 // publishDemo publishes the values of one producer to topic until ctx ends: one random walk
 // for every subscriber, so every page on the topic shows the same numbers. A value the broker
 // cannot store (NATS unreachable) is skipped: the next one is published anew.
-func publishDemo(ctx context.Context, b broker, topic string, interval time.Duration) {
+func publishDemo(ctx context.Context, b *broker, topic string, interval time.Duration) {
 	values := make(chan DashBoard, 1)
 	go produce(ctx, values, interval)
 	var data []byte
@@ -78,7 +78,7 @@ func publishDemo(ctx context.Context, b broker, topic string, interval time.Dura
 			return
 		case v := <-values:
 			data = v.AppendJSON(data[:0])
-			_, _ = b.PublishEvent(ctx, publication{topic: topic, data: data})
+			_, _ = b.Publish(ctx, publication{topic: topic, data: data})
 		}
 	}
 }

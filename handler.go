@@ -71,8 +71,7 @@ type sseHandler struct {
 	logger  *slog.Logger
 	metrics *metrics
 	opening []byte    // the first bytes of every stream: the retry delay and a comment
-	hub     *hub      // the topics' local subscribers, and their history unless broker keeps it
-	broker  broker    // where topic events are published and resumed from: hub, or JetStream
+	broker  *broker   // where topic events are published and resumed from: memory, or JetStream
 	endLog  *logLimit // bounds the lines that say why a stream ended
 
 	auth *authorizer // checks the tokens of private topics; nil when every topic is public
@@ -103,11 +102,11 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 		writers: make(map[*stream]struct{}),
 	}
 	h.metrics = newMetrics(func() float64 { return float64(h.streamsOpen.Load()) }, cfg.WriteTimeout)
-	h.hub = newHub(cfg.History, cfg.SubscriberQueue, newHubMetrics(h.metrics.registry))
-	h.hub.registerGauges(h.metrics.registry)
+	current := func() *broker { return h.broker }
+	h.broker = newMemoryBroker(cfg.History, cfg.SubscriberQueue, newHubMetrics(h.metrics.registry, current))
+	registerHistoryGauges(h.metrics.registry, current)
 	h.auth = newAuthorizer(cfg.Auth, h.metrics.registry)
 	h.cors = corsPolicy{origins: cfg.Auth.origins}
-	h.broker = h.hub
 	h.stopCtx, h.cancelStop = context.WithCancel(context.Background())
 	return h
 }
@@ -324,7 +323,7 @@ func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string, expi
 	rc := s.rc
 	cut := func() { _ = rc.SetWriteDeadline(time.Now()) }
 	ctx, cancel := context.WithTimeout(h.stopCtx, resumeTimeout)
-	sub, err := h.broker.SubscribeFrom(ctx, topics, lastID, hasLastID, cut)
+	sub, err := h.broker.Subscribe(ctx, topics, lastID, hasLastID, cut)
 	cancel()
 	if err != nil {
 		if s.expiry != nil {
@@ -334,9 +333,22 @@ func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string, expi
 		return nil, nil, err
 	}
 	h.logger.Debug("client subscribed", "client", s.name, "topics", topics, "last_event_id", lastID, "reset", string(sub.reset))
-	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.hub.metrics
-	s.lastID = sub.at
+	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.broker.metrics
+	s.lastID, s.queuedSeq = sub.at, sub.at
+	if sub.more {
+		s.replayMore = h.replayMore(sub)
+	}
 	return sub.sub, h.topicOpening(sub), nil
+}
+
+// replayMore returns the function with which a stream reads the rest of sub's replay, a
+// chunk at a time after the last event it wrote, each within resumeTimeout.
+func (h *sseHandler) replayMore(sub subscription) func(after uint64) ([]*topicEvent, bool, error) {
+	return func(after uint64) ([]*topicEvent, bool, error) {
+		ctx, cancel := context.WithTimeout(h.stopCtx, resumeTimeout)
+		defer cancel()
+		return h.broker.ReplayMore(ctx, sub.sub.topics, after, sub.upTo)
+	}
 }
 
 // unsubscribe ends the subscription of the topic stream s once it has ended.
@@ -407,7 +419,7 @@ func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.D
 	}
 	var lastID any = s.lastID
 	if s.topicEvents != nil {
-		lastID = h.hub.id(s.lastID) // a topic stream's ids are the hub's, with its epoch
+		lastID = h.broker.ids.format(s.lastID) // a topic stream's ids are the broker's, with its epoch
 	}
 	attrs := []any{"client", s.name, "duration", lasted.Round(time.Millisecond),
 		"events", s.sent, "last_id", lastID, "reason", string(reason)}

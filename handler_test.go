@@ -191,7 +191,7 @@ func TestHandler_OpenedMinusEndedIsOpenAfterEveryFailure(t *testing.T) {
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the panic's own report
 	srv.Start()
 	t.Cleanup(srv.Close) // after the stream's own cleanup closes it
-	admin := httptest.NewServer(adminHandler(h.metrics, handlePublish(h.hub, "", nil)))
+	admin := httptest.NewServer(adminHandler(h.metrics, handlePublish(h.broker, "", nil)))
 	t.Cleanup(admin.Close)
 
 	balanced := func(what string) {

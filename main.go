@@ -79,11 +79,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	var ready atomic.Bool
 	app, streams := newApp(cfg, logger, &ready)
 	if cfg.nats.urls != "" {
-		nb, err := startNATS(ctx, cfg.nats, cfg.stream.History, streams.hub, streams.metrics.registry, logger)
+		nb, closeNATS, err := startNATS(ctx, cfg.nats, cfg.stream.History, cfg.stream.SubscriberQueue,
+			streams.broker.metrics, streams.metrics.registry, logger)
 		if err != nil {
 			return err
 		}
-		defer nb.Close()
+		defer closeNATS()
 		streams.broker = nb
 	}
 	ln, err := listen(cfg, logger, streams.metrics.acceptErrors)

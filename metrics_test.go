@@ -135,7 +135,7 @@ func TestMetrics_CountShutdownEnds(t *testing.T) {
 	h := handleSSE(cfg.stream, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	public := httptest.NewServer(h)
 	defer public.Close()
-	admin := httptest.NewServer(adminHandler(h.metrics, handlePublish(h.hub, "", nil)))
+	admin := httptest.NewServer(adminHandler(h.metrics, handlePublish(h.broker, "", nil)))
 	defer admin.Close()
 	for range 3 {
 		openStream(t, public.URL, nil).next(t)

@@ -2,9 +2,9 @@ package main
 
 // The JetStream broker (-nats): topics and their history live in one stream that every
 // replica shares, so an event has the same id on every replica and a client resumes on any
-// of them. Each replica consumes the stream once and fans out through its hub; a client that
-// resumes reads what it missed with a short-lived consumer of its own, a bounded number of
-// them at once. docs/topics.md says how topics map to subjects; docs/deployment.md how to
+// of them. Each replica consumes the stream once and hands every event to its local fan-out;
+// a client that resumes reads what it missed with a short-lived consumer of its own, a
+// bounded number of them at once, a chunk at a time. docs/topics.md says how topics map to subjects; docs/deployment.md how to
 // run the NATS cluster.
 
 import (
@@ -123,16 +123,16 @@ const (
 	replayIdle         = 10 * time.Second // a replay's consumer left behind is removed by the server after this
 )
 
-// natsBroker keeps topics and history in one JetStream stream. Its hub is the local fan-out:
-// one ordered consumer of the whole stream feeds it, and it sends each event, framed once,
-// to every local subscriber of its topic.
-type natsBroker struct {
+// natsStore keeps topics and history in one JetStream stream. One consumer of the whole
+// stream, made by the replica, hands each event to the local fan-out.
+type natsStore struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	stream  jetstream.Stream
 	name    string // the stream's
 	prefix  string
-	hub     *hub
+	ids     eventIDs
+	fan     *fanout
 	logger  *slog.Logger
 	replays chan struct{} // a place per replay under way
 	// stopConsuming ends the replica's consumer, and consumed closes once it has.
@@ -145,36 +145,37 @@ type natsBroker struct {
 }
 
 // startNATS connects to the NATS servers of cfg, creates or updates the stream with the
-// history limits, makes h follow it (ids in the stream's epoch, from its last sequence on)
-// and starts the one consumer that feeds h. Its metrics go to reg.
-func startNATS(ctx context.Context, cfg natsConfig, history historyLimits, h *hub, reg *prometheus.Registry, logger *slog.Logger) (*natsBroker, error) {
-	b := &natsBroker{
+// history limits, and returns a broker on it whose fan-out starts after the stream's last
+// event, fed by one consumer, and a function that stops it. Subscribers' queues hold
+// queueLen events each; the broker counts in hm, and the store's metrics go to reg.
+func startNATS(ctx context.Context, cfg natsConfig, history historyLimits, queueLen int, hm *hubMetrics, reg *prometheus.Registry, logger *slog.Logger) (*broker, func(), error) {
+	b := &natsStore{
 		name:    streamName(cfg.prefix),
 		prefix:  cfg.prefix,
-		hub:     h,
 		logger:  logger,
 		replays: make(chan struct{}, cfg.replays),
 		m:       newNATSMetrics(reg),
 	}
 	opts, err := b.options(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	servers := redactURLs(cfg.urls)
 	b.nc, err = nats.Connect(cfg.urls, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s (-nats): %w", servers, err)
+		return nil, nil, fmt.Errorf("connect to NATS at %s (-nats): %w", servers, err)
 	}
 	if b.js, err = jetstream.New(b.nc); err != nil {
 		b.nc.Close()
-		return nil, fmt.Errorf("JetStream at %s: %w", servers, err)
+		return nil, nil, fmt.Errorf("JetStream at %s: %w", servers, err)
 	}
 	info, err := b.setUpStream(ctx, history, cfg.replicas)
 	if err != nil {
 		b.nc.Close()
-		return nil, fmt.Errorf("create or update the stream %s at %s: %w", b.name, servers, err)
+		return nil, nil, fmt.Errorf("create or update the stream %s at %s: %w", b.name, servers, err)
 	}
-	h.follow(streamEpoch(info.Created), info.State.LastSeq)
+	b.ids = eventIDs{epoch: streamEpoch(info.Created)}
+	b.fan = newFanout(queueLen, info.State.LastSeq)
 	b.delivered.Store(info.State.LastSeq)
 	var consuming context.Context
 	consuming, b.stopConsuming = context.WithCancel(context.Background())
@@ -185,16 +186,16 @@ func startNATS(ctx context.Context, cfg natsConfig, history historyLimits, h *hu
 	}()
 	b.registerGauges(reg)
 	logger.Info("nats connected", "servers", servers, "server", b.nc.ConnectedUrlRedacted(), "stream", b.name,
-		"subjects", cfg.prefix+".>", "replicas", info.Config.Replicas, "epoch", h.epoch,
+		"subjects", cfg.prefix+".>", "replicas", info.Config.Replicas, "epoch", b.ids.epoch,
 		"first_seq", info.State.FirstSeq, "last_seq", info.State.LastSeq)
-	return b, nil
+	return &broker{store: b, fan: b.fan, ids: b.ids, metrics: hm}, b.close, nil
 }
 
 // options returns the connection options of cfg: reconnect for ever with jitter, publish
 // nothing while disconnected (so that a publish acknowledged is stored, never buffered to
 // be lost), notice a silent server within seconds, and the credentials and TLS settings.
 // No option's value is ever logged.
-func (b *natsBroker) options(cfg natsConfig) ([]nats.Option, error) {
+func (b *natsStore) options(cfg natsConfig) ([]nats.Option, error) {
 	opts := []nats.Option{
 		nats.Name("sse-dashboard"),
 		nats.Timeout(5 * time.Second),
@@ -261,7 +262,7 @@ func redactURLs(urls string) string {
 // setUpStream creates the stream, or updates its limits and replicas, trying again until
 // streamSetupTimeout passes: a cluster that has just started answers only once it has
 // elected its leaders.
-func (b *natsBroker) setUpStream(ctx context.Context, history historyLimits, replicas int) (*jetstream.StreamInfo, error) {
+func (b *natsStore) setUpStream(ctx context.Context, history historyLimits, replicas int) (*jetstream.StreamInfo, error) {
 	cfg := jetstream.StreamConfig{
 		Name:        b.name,
 		Description: "sse-dashboard topic events and their history",
@@ -310,7 +311,7 @@ func streamEpoch(created time.Time) string {
 // The library's ordered consumer waits up to 10 s for each re-creation and then backs off,
 // which stalls delivery for up to 11 s after the loss of a cluster node; this one asks
 // again within 2 s.
-func (b *natsBroker) consumeStream(ctx context.Context) {
+func (b *natsStore) consumeStream(ctx context.Context) {
 	pause := consumePause
 	for {
 		delivered, err := b.consumeOnce(ctx)
@@ -338,7 +339,7 @@ const consumePause = 100 * time.Millisecond
 // consumeOnce makes a consumer of the whole stream from the sequence after the last one
 // delivered and hands each of its messages to deliver, until it fails; it reports whether
 // it delivered any.
-func (b *natsBroker) consumeOnce(ctx context.Context) (bool, error) {
+func (b *natsStore) consumeOnce(ctx context.Context) (bool, error) {
 	cons, err := b.openConsumer(ctx, b.delivered.Load()+1, nil, 30*time.Second)
 	if err != nil {
 		return false, err
@@ -367,8 +368,22 @@ func (b *natsBroker) consumeOnce(ctx context.Context) (bool, error) {
 		if meta.Sequence.Consumer != next {
 			return next > 1, fmt.Errorf("delivery %d came after %d: a gap", meta.Sequence.Consumer, next-1)
 		}
+		if want := b.delivered.Load() + 1; meta.Sequence.Stream != want {
+			b.resync(want, meta.Sequence.Stream)
+		}
 		b.deliver(msg, meta)
 	}
+}
+
+// resync ends every local subscription because the stream no longer has the events from
+// sequence missing on, up to the one before next (its limits removed them while this
+// replica's consumer was away): their clients resume, and learn with a reset that those
+// events are gone, instead of missing them unaware.
+func (b *natsStore) resync(missing, next uint64) {
+	b.m.resyncs.Inc()
+	b.logger.Warn("nats stream moved past events this replica never delivered: its topic streams resume from history",
+		"first_missing", missing, "next", next)
+	b.fan.resync()
 }
 
 // natsRequestTimeout bounds each request to JetStream's API (a consumer made, the stream's
@@ -378,7 +393,7 @@ const natsRequestTimeout = 2 * time.Second
 
 // openConsumer makes a consumer of the stream's subjects (all when nil) from sequence from:
 // in memory on one server, no acks, removed by the server once idle for that long.
-func (b *natsBroker) openConsumer(ctx context.Context, from uint64, subjects []string, idle time.Duration) (jetstream.Consumer, error) {
+func (b *natsStore) openConsumer(ctx context.Context, from uint64, subjects []string, idle time.Duration) (jetstream.Consumer, error) {
 	ctx, cancel := context.WithTimeout(ctx, natsRequestTimeout)
 	defer cancel()
 	cons, err := b.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
@@ -399,7 +414,7 @@ func (b *natsBroker) openConsumer(ctx context.Context, from uint64, subjects []s
 
 // removeConsumer deletes a consumer no longer read, waiting at most natsRequestTimeout:
 // the server would remove it once idle anyway.
-func (b *natsBroker) removeConsumer(cons jetstream.Consumer) {
+func (b *natsStore) removeConsumer(cons jetstream.Consumer) {
 	info := cons.CachedInfo()
 	if info == nil {
 		return
@@ -409,43 +424,43 @@ func (b *natsBroker) removeConsumer(cons jetstream.Consumer) {
 	_ = b.js.DeleteConsumer(ctx, b.name, info.Name)
 }
 
-// deliver frames one message of the stream and hands it to the hub, which sends it to
-// every local subscriber of its topic. A message on no topic's subject, or with an event
-// type a publisher may not use, moves the sequence on and reaches no one.
-func (b *natsBroker) deliver(msg jetstream.Msg, meta *jetstream.MsgMetadata) {
+// deliver hands one message of the stream to the fan-out, which frames it only if a local
+// subscriber wants its topic. A message on no topic's subject, or with an event type a
+// publisher may not use, moves the sequence on and reaches no one.
+func (b *natsStore) deliver(msg jetstream.Msg, meta *jetstream.MsgMetadata) {
 	seq := meta.Sequence.Stream
-	topic, frame, ok := b.frame(seq, msg)
+	topic, event, ok := b.topicOf(msg)
 	if !ok {
 		b.m.skipped.Inc()
-		topic, frame = "", nil
 	}
-	b.hub.deliver(seq, topic, frame)
+	b.fan.deliver(seq, topic, func() *topicEvent {
+		return &topicEvent{seq: seq, topic: topic, at: meta.Timestamp, frame: b.ids.frame(seq, event, msg.Data())}
+	})
 	b.delivered.Store(seq)
 }
 
-// frame returns the topic of msg, the stream's message seq, and its SSE frame, or false if
-// msg is no topic event.
-func (b *natsBroker) frame(seq uint64, msg jetstream.Msg) (string, []byte, bool) {
-	topic, ok := subjectTopic(b.prefix, msg.Subject())
+// topicOf returns the topic and event type of msg, or false if msg is no topic event.
+func (b *natsStore) topicOf(msg jetstream.Msg) (topic, event string, ok bool) {
+	topic, ok = subjectTopic(b.prefix, msg.Subject())
 	if !ok {
-		return "", nil, false
+		return "", "", false
 	}
-	event := msg.Headers().Get(headerEvent)
+	event = msg.Headers().Get(headerEvent)
 	if checkEventName(event) != nil {
-		return "", nil, false
+		return "", "", false
 	}
-	var id [64]byte
-	return topic, appendNamedEvent(nil, b.hub.appendID(id[:0], seq), event, msg.Data()), true
+	return topic, event, true
 }
 
-// PublishEvent publishes p to the stream and returns its id once JetStream has acknowledged
-// it, stored on as many servers as the stream has replicas. With a key, JetStream stores a
-// retry within the stream's duplicate window once and answers with the first one's id.
-// While disconnected it fails at once: nothing is buffered.
-func (b *natsBroker) PublishEvent(ctx context.Context, p publication) (string, error) {
-	if b.nc.Status() != nats.CONNECTED {
+// Publish publishes p to the stream and returns its sequence number once JetStream has
+// acknowledged it, stored on as many servers as the stream has replicas. With a key,
+// JetStream stores a retry within the stream's duplicate window once and answers with the
+// first one's number; the first one is read back, and a key reused for another event is
+// refused. While disconnected it fails at once: nothing is buffered.
+func (b *natsStore) Publish(ctx context.Context, p publication) (uint64, bool, error) {
+	if err := b.connected(); err != nil {
 		b.m.publishFailures.Inc()
-		return "", fmt.Errorf("%w: NATS is %s", errBrokerUnavailable, strings.ToLower(b.nc.Status().String()))
+		return 0, false, err
 	}
 	msg := &nats.Msg{Subject: topicSubject(b.prefix, p.topic), Data: p.data}
 	if p.event != "" {
@@ -453,111 +468,117 @@ func (b *natsBroker) PublishEvent(ctx context.Context, p publication) (string, e
 	}
 	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(b.name)}
 	if p.key != "" {
-		opts = append(opts, jetstream.WithMsgID(p.key))
+		opts = append(opts, jetstream.WithMsgID(p.scopedKey()))
 	}
 	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
 	ack, err := b.js.PublishMsg(ctx, msg, opts...)
 	if err != nil {
 		b.m.publishFailures.Inc()
-		return "", fmt.Errorf("%w: %v", errBrokerUnavailable, err)
+		return 0, false, fmt.Errorf("%w: %v", errBrokerUnavailable, err)
 	}
-	if !ack.Duplicate {
-		b.hub.metrics.published.Inc()
-	}
-	return b.hub.id(ack.Sequence), nil
-}
-
-// SubscribeFrom subscribes to topics on the local hub, noting the last sequence L it has
-// delivered under the hub's lock, then replays from the stream the events of topics after
-// lastID up to L: every later event comes live, so none is missed or sent twice. An id
-// the stream no longer has, of another stream, from the future or malformed gives a reset.
-// It fails when the stream cannot be read in time: NATS is unreachable, or the turns to
-// read history stay taken until ctx ends.
-func (b *natsBroker) SubscribeFrom(ctx context.Context, topics []string, lastID string, hasLastID bool, onDrop func()) (subscription, error) {
-	sub, last := b.hub.subscribeLive(topics, onDrop)
-	s := subscription{sub: sub, position: b.hub.id(last)}
-	if !hasLastID {
-		return s, nil
-	}
-	after, reason := b.parseID(lastID)
-	if reason == "" && after != last {
-		var err error
-		if s.replay, reason, err = b.resume(ctx, sub, after, last); err != nil {
-			b.hub.Unsubscribe(sub)
-			return subscription{}, err
+	if ack.Duplicate {
+		if err := b.sameEvent(ctx, ack.Sequence, p); err != nil {
+			return 0, false, err
 		}
 	}
-	if reason != "" {
-		s.reset = reason
-		b.hub.metrics.resets[reason].Inc()
-		return s, nil
-	}
-	s.position = lastID
-	return s, nil
+	return ack.Sequence, ack.Duplicate, nil
 }
 
-// parseID returns the sequence number in an id a client sent, or why it is none of this
-// stream's.
-func (b *natsBroker) parseID(id string) (uint64, resetReason) {
-	epoch, number, ok := strings.Cut(id, "-")
-	if !ok || epoch == "" {
-		return 0, resetInvalid
+// sameEvent reports errKeyReused unless the stored event seq, the first publish under p's
+// key, carries p's topic, type and data. An event that limits removed since cannot be
+// compared, and counts as the same.
+func (b *natsStore) sameEvent(ctx context.Context, seq uint64, p publication) error {
+	stored, err := b.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
 	}
-	seq, err := strconv.ParseUint(number, 10, 64)
-	if err != nil || number[0] == '+' {
-		return 0, resetInvalid
+	if err != nil {
+		return fmt.Errorf("%w: read the first publish under this key: %v", errBrokerUnavailable, err)
 	}
-	if epoch != b.hub.epoch {
-		return 0, resetOtherRun
+	first := publication{data: stored.Data}
+	first.topic, _ = subjectTopic(b.prefix, stored.Subject)
+	first.event = stored.Header.Get(headerEvent)
+	if first.digest() != p.digest() {
+		return errKeyReused
 	}
-	return seq, ""
+	return nil
 }
 
-// resume returns the events of sub's topics after sequence after up to last, the last one
-// the hub delivered, or why the stream cannot give them. A client ahead of this replica
-// (it comes from one whose consumer was further on) gets nothing replayed, and its
-// subscription skips what it has. It waits for a turn among the replays under way.
-func (b *natsBroker) resume(ctx context.Context, sub *subscriber, after, last uint64) ([]*hubEvent, resetReason, error) {
-	if b.nc.Status() != nats.CONNECTED {
-		return nil, "", fmt.Errorf("%w: NATS is %s", errBrokerUnavailable, strings.ToLower(b.nc.Status().String()))
+// connected returns nil while connected to NATS, else an errBrokerUnavailable that says how
+// the connection stands.
+func (b *natsStore) connected() error {
+	if status := b.nc.Status(); status != nats.CONNECTED {
+		return fmt.Errorf("%w: NATS is %s", errBrokerUnavailable, strings.ToLower(status.String()))
+	}
+	return nil
+}
+
+// Newest reads the stream's last sequence number.
+func (b *natsStore) Newest(ctx context.Context) (uint64, error) {
+	state, err := b.state(ctx)
+	return state.LastSeq, err
+}
+
+// state reads the stream's state, waiting at most natsRequestTimeout.
+func (b *natsStore) state(ctx context.Context) (jetstream.StreamState, error) {
+	if err := b.connected(); err != nil {
+		return jetstream.StreamState{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, natsRequestTimeout)
+	defer cancel()
+	info, err := b.stream.Info(ctx)
+	if err != nil {
+		return jetstream.StreamState{}, fmt.Errorf("%w: read the stream's state: %v", errBrokerUnavailable, err)
+	}
+	return info.State, nil
+}
+
+// firstKept returns the sequence number of the first event the stream still keeps, or of
+// the next to come when it keeps none.
+func firstKept(state jetstream.StreamState) uint64 {
+	if state.Msgs == 0 {
+		return state.LastSeq + 1
+	}
+	return state.FirstSeq
+}
+
+// Replay reads the events of topics after sequence after up to upTo with a consumer
+// filtered to their subjects, after a turn among the replays under way. The stream's first
+// event is checked before the consumer is made, once it exists, and once it is read: limits
+// that removed an event meanwhile give resetHistoryGone, never a replay with a hole.
+func (b *natsStore) Replay(ctx context.Context, topics []string, after, upTo uint64) ([]*topicEvent, bool, resetReason, error) {
+	if err := b.connected(); err != nil {
+		return nil, false, "", err
 	}
 	if err := b.takeTurn(ctx); err != nil {
-		return nil, "", err
+		return nil, false, "", err
 	}
 	defer b.giveTurn()
-	infoCtx, cancel := context.WithTimeout(ctx, natsRequestTimeout)
-	info, err := b.stream.Info(infoCtx)
-	cancel()
+	state, err := b.state(ctx)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: read the stream's state: %v", errBrokerUnavailable, err)
+		return nil, false, "", err
 	}
-	state := info.State
-	if after > last {
-		if after > state.LastSeq {
-			return nil, resetFuture, nil
-		}
-		b.hub.skipThrough(sub, after)
-		return nil, "", nil
+	if after+1 < firstKept(state) {
+		return nil, false, resetHistoryGone, nil
 	}
-	// The first event still kept, or the next to come when none is.
-	first := state.FirstSeq
-	if state.Msgs == 0 {
-		first = state.LastSeq + 1
-	}
-	if after+1 < first {
-		return nil, resetHistoryGone, nil
-	}
-	events, err := b.replay(ctx, sub.topics, after, last)
+	events, more, unread, err := b.replay(ctx, topics, after, upTo)
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: replay history: %v", errBrokerUnavailable, err)
+		return nil, false, "", fmt.Errorf("%w: replay history: %v", errBrokerUnavailable, err)
 	}
-	return events, "", nil
+	if state, err = b.state(ctx); err != nil {
+		return nil, false, "", err
+	}
+	// Events from unread on might have been removed before the consumer reached them.
+	if unread < firstKept(state) {
+		return nil, false, resetHistoryGone, nil
+	}
+	return events, more, "", nil
 }
 
 // takeTurn waits for one of the -nats-replays places, or fails when ctx ends first: a
 // reconnect storm of thousands of clients queues here instead of opening as many consumers.
-func (b *natsBroker) takeTurn(ctx context.Context) error {
+func (b *natsStore) takeTurn(ctx context.Context) error {
 	start := time.Now()
 	b.m.replaysQueued.Inc()
 	defer b.m.replaysQueued.Dec()
@@ -572,15 +593,18 @@ func (b *natsBroker) takeTurn(ctx context.Context) error {
 }
 
 // giveTurn gives a place taken by takeTurn back.
-func (b *natsBroker) giveTurn() {
+func (b *natsStore) giveTurn() {
 	b.m.replaysInFlight.Dec()
 	<-b.replays
 }
 
-// replay reads the events of topics after sequence after up to last with an ordered
-// consumer filtered to their subjects (in memory, no acks, deliveries checked for gaps),
-// and removes the consumer when done.
-func (b *natsBroker) replay(ctx context.Context, topics []string, after, last uint64) ([]*hubEvent, error) {
+// replay reads the events of topics after sequence after up to upTo, or about
+// maxReplayChunk bytes of them with more set, with a consumer filtered to their subjects (in
+// memory, no acks, deliveries checked for gaps), removed in the background once read. It
+// also returns unread: the first sequence number from which on the consumer may have
+// skipped an event of topics, had limits removed it before the consumer reached it; every
+// event before unread was read.
+func (b *natsStore) replay(ctx context.Context, topics []string, after, upTo uint64) (events []*topicEvent, more bool, unread uint64, err error) {
 	b.m.replays.Inc()
 	subjects := make([]string, len(topics))
 	for i, topic := range topics {
@@ -588,55 +612,74 @@ func (b *natsBroker) replay(ctx context.Context, topics []string, after, last ui
 	}
 	cons, err := b.openConsumer(ctx, after+1, subjects, replayIdle)
 	if err != nil {
-		return nil, err
+		return nil, false, 0, err
 	}
-	defer b.removeConsumer(cons)
+	defer func() { go b.removeConsumer(cons) }()
+	read := after // the last sequence number the consumer delivered
+	// skipped notes the first hole before next in what the consumer delivered.
+	skipped := func(next uint64) {
+		if unread == 0 && next > read+1 {
+			unread = read + 1
+		}
+	}
+	defer func() {
+		if unread == 0 {
+			unread = read + 1
+		}
+	}()
 	if cons.CachedInfo().NumPending == 0 {
-		return nil, nil
+		skipped(upTo + 1)
+		return nil, false, 0, nil
 	}
 	// A heartbeat a second, as for the replica's consumer: a replay whose consumer was lost
 	// with its server fails within two seconds, and its client comes back, rather than
 	// waiting out resumeTimeout.
-	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(last-after, 500))),
+	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(upTo-after, 500))),
 		jetstream.PullExpiry(4*time.Second), jetstream.PullHeartbeat(time.Second),
 		jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {
-		return nil, err
+		return nil, false, 0, err
 	}
 	defer it.Stop()
-	var events []*hubEvent
+	size := 0
 	for next := uint64(1); ; next++ {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			return nil, err
+			return nil, false, 0, err
 		}
 		meta, err := msg.Metadata()
 		if err != nil {
-			return nil, err
+			return nil, false, 0, err
 		}
 		if meta.Sequence.Consumer != next {
-			return nil, fmt.Errorf("replay delivery %d came after %d: a gap", meta.Sequence.Consumer, next-1)
+			return nil, false, 0, fmt.Errorf("replay delivery %d came after %d: a gap", meta.Sequence.Consumer, next-1)
 		}
 		seq := meta.Sequence.Stream
-		if seq > last {
-			return events, nil
+		if seq > upTo {
+			skipped(upTo + 1)
+			return events, false, 0, nil
 		}
-		if topic, frame, ok := b.frame(seq, msg); ok {
-			events = append(events, &hubEvent{seq: seq, topic: topic, at: meta.Timestamp, frame: frame})
+		skipped(seq)
+		read = seq
+		if topic, event, ok := b.topicOf(msg); ok {
+			ev := &topicEvent{seq: seq, topic: topic, at: meta.Timestamp, frame: b.ids.frame(seq, event, msg.Data())}
+			events = append(events, ev)
+			size += len(ev.frame)
 		}
-		if seq == last || meta.NumPending == 0 {
-			return events, nil
+		switch {
+		case seq == upTo:
+			return events, false, 0, nil
+		case meta.NumPending == 0:
+			skipped(upTo + 1)
+			return events, false, 0, nil
+		case size >= maxReplayChunk:
+			return events, true, 0, nil
 		}
 	}
 }
 
-// Unsubscribe ends sub's subscription to the local hub.
-func (b *natsBroker) Unsubscribe(sub *subscriber) {
-	b.hub.Unsubscribe(sub)
-}
-
 // Health reports whether NATS is reachable, and for how long it has not been.
-func (b *natsBroker) Health() (bool, string) {
+func (b *natsStore) Health() (bool, string) {
 	if b.nc.Status() == nats.CONNECTED {
 		return true, "nats: connected"
 	}
@@ -648,8 +691,8 @@ func (b *natsBroker) Health() (bool, string) {
 		": open streams go on, publishing answers 503, streams that must read history come back later"
 }
 
-// Close stops the replica's consumer and closes the connection.
-func (b *natsBroker) Close() {
+// close stops the replica's consumer and closes the connection.
+func (b *natsStore) close() {
 	b.stopConsuming()
 	<-b.consumed
 	b.nc.Close()
@@ -662,6 +705,7 @@ type natsMetrics struct {
 	publishFailures  prometheus.Counter
 	skipped          prometheus.Counter
 	replays          prometheus.Counter
+	resyncs          prometheus.Counter
 	replaysQueued    prometheus.Gauge
 	replaysInFlight  prometheus.Gauge
 	replayWait       prometheus.Histogram
@@ -695,6 +739,10 @@ func newNATSMetrics(reg *prometheus.Registry) *natsMetrics {
 			Name: "sse_nats_replays_total",
 			Help: "Short-lived consumers opened to replay history to resuming streams.",
 		}),
+		resyncs: registerCounter(reg, prometheus.CounterOpts{
+			Name: "sse_nats_resyncs_total",
+			Help: "Times the replica's consumer found events removed from the stream before it delivered them, and ended every local topic stream so that each resumes from history.",
+		}),
 		replaysQueued: gauge(prometheus.GaugeOpts{
 			Name: "sse_nats_replays_queued",
 			Help: "Resuming streams waiting for a turn to read history (-nats-replays turns at once).",
@@ -712,7 +760,7 @@ func newNATSMetrics(reg *prometheus.Registry) *natsMetrics {
 }
 
 // registerGauges registers the gauges that read the connection and the consumer when scraped.
-func (b *natsBroker) registerGauges(reg *prometheus.Registry) {
+func (b *natsStore) registerGauges(reg *prometheus.Registry) {
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sse_nats_connected",

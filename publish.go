@@ -43,7 +43,7 @@ type publishAnswer struct {
 // in constant time, or a JWT whose publish claim covers the topic. An Idempotency-Key (or
 // Nats-Msg-Id) header makes retries of one publish land once, where b keeps such keys.
 // While b cannot store events the answer is 503 with Retry-After.
-func handlePublish(b broker, token string, auth *authorizer) http.Handler {
+func handlePublish(b *broker, token string, auth *authorizer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var claims *sseClaims // a publisher's JWT, checked against the topic once it is read
 		if token != "" || auth != nil {
@@ -85,7 +85,12 @@ func handlePublish(b broker, token string, auth *authorizer) http.Handler {
 			http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		id, err := b.PublishEvent(r.Context(), publication{topic: topic, event: event, data: data, key: key})
+		p := publication{topic: topic, event: event, data: data, key: key, publisher: publisherOf(token, claims)}
+		id, err := b.Publish(r.Context(), p)
+		if errors.Is(err, errKeyReused) {
+			http.Error(w, "422 unprocessable content: "+err.Error(), http.StatusUnprocessableEntity)
+			return
+		}
 		if err != nil {
 			w.Header().Set("Retry-After", strconv.Itoa(publishRetryAfter))
 			http.Error(w, "503 service unavailable: the event was not acknowledged as stored ("+err.Error()+"): retry later, with the same Idempotency-Key", http.StatusServiceUnavailable)
@@ -96,6 +101,19 @@ func handlePublish(b broker, token string, auth *authorizer) http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		w.Write(append(answer, '\n'))
 	})
+}
+
+// publisherOf names who publishes, so that idempotency keys are scoped to their publisher:
+// a JWT's issuer and subject, or the -publish-token's holder, or "" for a publisher on
+// loopback with no credential.
+func publisherOf(token string, claims *sseClaims) string {
+	switch {
+	case claims != nil:
+		return "jwt\x00" + claims.Issuer + "\x00" + claims.Subject
+	case token != "":
+		return "token"
+	}
+	return ""
 }
 
 // publishRetryAfter is the Retry-After, in seconds, of a publish that could not be stored.

@@ -27,6 +27,7 @@ const (
 	endAuthExpired  endReason = "auth_expired"  // a private topic stream's token expired
 	endError        endReason = "error"         // the stream could not go on: its HTTP/1.0 take-over failed, or its handler panicked
 	endUnavailable  endReason = "unavailable"   // a topic stream could not be resumed: the event store was unreachable
+	endResync       endReason = "resync"        // events of a topic stream's sequence never reached this process: it resumes from history
 )
 
 // stream is the writing side of one client's connection: reused buffers, the next id, and
@@ -41,13 +42,14 @@ type stream struct {
 	addr   netip.Addr   // the client address counted in MaxClientsPerIP, if any
 	logger *slog.Logger // set only when every event is logged
 
-	// A topic stream's: what the hub sends it (nil on a random stream, where events come
-	// from its producer), what it replays first, and the hub's counters.
-	topicEvents <-chan *hubEvent
-	replay      []*hubEvent
+	// A topic stream's: what the fan-out sends it (nil on a random stream, where events
+	// come from its producer), what it replays first, and the broker's counters.
+	topicEvents <-chan *topicEvent
+	replay      []*topicEvent
+	replayMore  func(after uint64) ([]*topicEvent, bool, error) // reads the rest of a replay too long for one chunk
 	hubMetrics  *hubMetrics
-	queuedSeq   uint64       // sequence number of the last topic event in buf
-	dropped     *atomic.Bool // set once the hub has dropped the subscription
+	queuedSeq   uint64        // sequence number of the last topic event in buf: later ones only are written
+	dropped     *atomic.Int32 // a dropCause, set once the fan-out has dropped the subscription
 
 	// A private topic stream's: fires when its token expires (nil on every other stream).
 	authExpired <-chan time.Time
@@ -79,8 +81,8 @@ func (s *stream) run(opening []byte, events <-chan DashBoard, requestDone <-chan
 	if err := s.write(opening); err != nil {
 		return s.whyWriteFailed(), err
 	}
-	if err := s.writeReplay(); err != nil {
-		return s.whyWriteFailed(), err
+	if reason, err := s.writeReplay(); err != nil {
+		return reason, err
 	}
 	s.keepalive = time.NewTimer(s.cfg.Keepalive)
 	defer s.keepalive.Stop()
@@ -103,8 +105,7 @@ func (s *stream) run(opening []byte, events <-chan DashBoard, requestDone <-chan
 			}
 		case ev, ok := <-s.topicEvents:
 			if !ok {
-				s.sayTooSlow()
-				return endTooSlow, nil
+				return s.sayDropped(), nil
 			}
 			if err := s.writeTopicEvents(ev); err != nil {
 				return s.whyWriteFailed(), err
@@ -148,10 +149,22 @@ func (s *stream) sayGoodbye() {
 	s.buf = s.buf[:0]
 }
 
-// sayTooSlow tells a topic stream's client that the hub has dropped its subscription to
-// reconnect after a spread delay, and resume from history with its Last-Event-ID.
-func (s *stream) sayTooSlow() {
-	s.buf = appendRetry(s.buf[:0], s.cfg.spreadRetry(), "too far behind: reconnect to resume")
+// sayDropped tells a topic stream's client that the fan-out has dropped its subscription,
+// and why, to reconnect after a spread delay and resume from history with its
+// Last-Event-ID; it returns the reason the stream ends.
+func (s *stream) sayDropped() endReason {
+	reason, comment := endTooSlow, "too far behind: reconnect to resume"
+	if dropCause(s.dropped.Load()) == dropResync {
+		reason, comment = endResync, "events were lost on the way here: reconnect to resume"
+	}
+	s.sayComeBack(comment)
+	return reason
+}
+
+// sayComeBack tells the client to reconnect after a spread delay, with a one-line comment
+// that says why. The stream ends either way, so a failed write changes nothing.
+func (s *stream) sayComeBack(comment string) {
+	s.buf = appendRetry(s.buf[:0], s.cfg.spreadRetry(), comment)
 	_ = s.write(s.buf)
 	s.buf = s.buf[:0]
 }
@@ -161,22 +174,38 @@ func (s *stream) sayTooSlow() {
 const maxReplayWrite = 32 << 10
 
 // writeReplay writes the events a resuming topic stream missed, oldest first, in writes of
-// up to maxReplayWrite bytes.
-func (s *stream) writeReplay() error {
-	for i, ev := range s.replay {
-		if len(s.buf) > 0 && len(s.buf)+len(ev.frame) > maxReplayWrite {
+// up to maxReplayWrite bytes, reading a long replay a chunk at a time. A chunk that cannot
+// be read ends the stream with a retry: its client resumes from the last event written.
+func (s *stream) writeReplay() (endReason, error) {
+	for {
+		for i, ev := range s.replay {
+			if len(s.buf) > 0 && len(s.buf)+len(ev.frame) > maxReplayWrite {
+				if err := s.flushTopicEvents(true); err != nil {
+					return s.whyWriteFailed(), err
+				}
+			}
+			s.queueTopicEvent(ev)
+			s.replay[i] = nil // written events need not stay in memory for the stream's life
+		}
+		s.replay = nil
+		if len(s.buf) > 0 {
 			if err := s.flushTopicEvents(true); err != nil {
-				return err
+				return s.whyWriteFailed(), err
 			}
 		}
-		s.queueTopicEvent(ev)
-		s.replay[i] = nil // written events need not stay in memory for the stream's life
+		if s.replayMore == nil {
+			return "", nil
+		}
+		var more bool
+		var err error
+		if s.replay, more, err = s.replayMore(s.queuedSeq); err != nil {
+			s.sayComeBack("history unavailable: reconnect to resume")
+			return endUnavailable, err
+		}
+		if !more {
+			s.replayMore = nil
+		}
 	}
-	s.replay = nil
-	if len(s.buf) == 0 {
-		return nil
-	}
-	return s.flushTopicEvents(true)
 }
 
 // writeTopicEvents writes ev and the topic events queued behind it in one write; a queue
@@ -184,7 +213,7 @@ func (s *stream) writeReplay() error {
 // that run's frame, which every open stream keeps, stays small.
 //
 //go:noinline
-func (s *stream) writeTopicEvents(ev *hubEvent) error {
+func (s *stream) writeTopicEvents(ev *topicEvent) error {
 	s.queueTopicEvent(ev)
 	for n := len(s.topicEvents); n > 0; n-- {
 		next, ok := <-s.topicEvents
@@ -196,8 +225,13 @@ func (s *stream) writeTopicEvents(ev *hubEvent) error {
 	return s.flushTopicEvents(false)
 }
 
-// queueTopicEvent adds a topic event's frame, framed once by the hub, to the stream's buffer.
-func (s *stream) queueTopicEvent(ev *hubEvent) {
+// queueTopicEvent adds a topic event's frame, framed once, to the stream's buffer, unless the
+// stream has sent it or a later one: a client that came from a replica further on has it,
+// and an id never moves backwards.
+func (s *stream) queueTopicEvent(ev *topicEvent) {
+	if ev.seq <= s.queuedSeq {
+		return
+	}
 	s.buf = append(s.buf, ev.frame...)
 	s.queuedSeq = ev.seq
 	s.pending++
@@ -230,8 +264,10 @@ func (s *stream) whyWriteFailed() endReason {
 	switch {
 	case s.stop.started():
 		return endShutdown
-	case s.dropped != nil && s.dropped.Load():
+	case s.dropped != nil && dropCause(s.dropped.Load()) == dropTooSlow:
 		return endTooSlow
+	case s.dropped != nil && dropCause(s.dropped.Load()) == dropResync:
+		return endResync
 	case !s.lastWrite.IsZero() && time.Since(s.lastWrite) >= s.cfg.WriteTimeout:
 		return endWriteTimeout
 	default:
@@ -304,12 +340,24 @@ func (s *stream) write(p []byte) error {
 	return err
 }
 
-// setWriteDeadline sets the deadline of the writes to come, or the shutdown's bound if that
-// is sooner. The bound is read after the deadline is set: a shutdown that starts in between
-// sets its bound on every stream after that, so it always has the last word.
+// droppedWriteBound bounds each write of a stream whose subscription the fan-out dropped: a
+// client that reads gets the events queued before the drop and the word to resume, one that
+// stopped reading holds its stream no longer.
+const droppedWriteBound = 250 * time.Millisecond
+
+// setWriteDeadline sets the deadline of the writes to come, or a sooner bound: the
+// shutdown's, or droppedWriteBound from now once the fan-out has dropped the stream's
+// subscription. Both are read after the deadline is set: a shutdown or a drop that comes
+// in between cuts the writes after that too, so it always has the last word.
 func (s *stream) setWriteDeadline(deadline time.Time) error {
 	err := s.rc.SetWriteDeadline(deadline)
-	if bound, ok := s.stop.writeBound(); ok && bound.Before(deadline) {
+	bound, ok := s.stop.writeBound()
+	if s.dropped != nil && s.dropped.Load() != int32(notDropped) {
+		if cut := time.Now().Add(droppedWriteBound); !ok || cut.Before(bound) {
+			bound, ok = cut, true
+		}
+	}
+	if ok && bound.Before(deadline) {
 		err = s.rc.SetWriteDeadline(bound)
 	}
 	if err != nil && !errors.Is(err, http.ErrNotSupported) {

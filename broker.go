@@ -1,0 +1,291 @@
+package main
+
+// The broker: topic events are stored in one sequence by an event store, in memory
+// (memstore.go) or in a JetStream stream that every replica shares (nats.go), and every
+// stored event reaches this process's subscribers through one local fan-out (fanout.go).
+// How a client's Last-Event-ID resumes, what it replays, and when it gets a reset instead
+// is decided here, once, for both stores.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// publication is one event to publish: its topic and SSE event type (both checked; an empty
+// type is a message), its data, and an idempotency key (empty for none) under which a
+// retried publish is stored once, scoped to its publisher and topic.
+type publication struct {
+	topic, event string
+	data         []byte
+	key          string
+	publisher    string // who publishes, for the key's scope: "" for a publisher with no credential
+}
+
+// scopedKey returns the key under which a store remembers p's idempotency key: a digest of
+// publisher, topic and key, so that two publishers, or one on two topics, never share a key.
+func (p publication) scopedKey() string {
+	sum := sha256.Sum256([]byte(p.publisher + "\x00" + p.topic + "\x00" + p.key))
+	return hex.EncodeToString(sum[:16])
+}
+
+// digest returns a digest of what p publishes (topic, type and data), to tell a retry of a
+// publish from another publish that reuses its key.
+func (p publication) digest() [32]byte {
+	h := sha256.New()
+	h.Write([]byte(p.topic + "\x00" + p.event + "\x00"))
+	h.Write(p.data)
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
+}
+
+// errBrokerUnavailable is what a store answers while it cannot store or replay events;
+// POST /publish turns it into 503 with Retry-After.
+var errBrokerUnavailable = errors.New("the event store is unreachable")
+
+// errKeyReused is what a publish answers when its idempotency key was used for another
+// event: the key names one publish, and a retry must carry the same event.
+var errKeyReused = errors.New("this idempotency key was used for another event: a retry must send the same topic, type and data")
+
+// eventStore keeps the one sequence of topic events and hands each stored event, in sequence
+// order, to the fan-out it was made with.
+type eventStore interface {
+	// Publish stores p and returns its sequence number once it is stored, and whether it
+	// is a retry of an event stored before under the same idempotency key.
+	Publish(ctx context.Context, p publication) (seq uint64, retried bool, err error)
+	// Replay returns the stored events of topics after sequence after, up to upTo, oldest
+	// first: all of them, or about maxReplayChunk bytes of them with more set. It gives
+	// resetHistoryGone instead when any of them is no longer stored.
+	Replay(ctx context.Context, topics []string, after, upTo uint64) (events []*topicEvent, more bool, reason resetReason, err error)
+	// Newest returns the sequence number of the last event stored.
+	Newest(ctx context.Context) (uint64, error)
+	// Health says whether the store can publish now and, if not, why, for /readyz.
+	Health() (ok bool, why string)
+}
+
+// maxReplayChunk is about the most bytes of frames a replay holds at once for one client; a
+// longer replay is read and written a chunk at a time, so that thousands of clients resuming
+// from an old id hold a bounded amount each.
+const maxReplayChunk = 64 << 10
+
+// eventIDs formats and reads the SSE ids of one sequence: the epoch, a dash and the
+// sequence number. The epoch changes with the sequence (a new in-memory hub, a JetStream
+// stream created again), so an id of another sequence never passes for one of this one.
+type eventIDs struct {
+	epoch string
+}
+
+// format returns the id of seq.
+func (ids eventIDs) format(seq uint64) string {
+	return ids.epoch + "-" + strconv.FormatUint(seq, 10)
+}
+
+// append appends the id of seq to dst.
+func (ids eventIDs) append(dst []byte, seq uint64) []byte {
+	dst = append(dst, ids.epoch...)
+	dst = append(dst, '-')
+	return strconv.AppendUint(dst, seq, 10)
+}
+
+// parse returns the sequence number in an id a client sent, or why it is none of this
+// sequence's.
+func (ids eventIDs) parse(id string) (uint64, resetReason) {
+	epoch, number, ok := strings.Cut(id, "-")
+	if !ok || epoch == "" {
+		return 0, resetInvalid
+	}
+	seq, err := strconv.ParseUint(number, 10, 64)
+	if err != nil || number[0] == '+' {
+		return 0, resetInvalid
+	}
+	if epoch != ids.epoch {
+		return 0, resetOtherRun
+	}
+	return seq, ""
+}
+
+// frame returns the SSE frame of the event seq of topic: its id, its type and its data.
+func (ids eventIDs) frame(seq uint64, event string, data []byte) []byte {
+	var id [64]byte
+	return appendNamedEvent(nil, ids.append(id[:0], seq), event, data)
+}
+
+// resetReason says why a stream could not resume exactly where its client asked; it is the
+// reason in the reset event's data and a metric label.
+type resetReason string
+
+// The ways a Last-Event-ID fails to resume a topic stream.
+const (
+	resetHistoryGone resetReason = "history_gone" // events after it are no longer kept
+	resetOtherRun    resetReason = "other_run"    // an id of another sequence
+	resetFuture      resetReason = "future"       // an id the sequence has not reached
+	resetInvalid     resetReason = "invalid"      // not an id this hub writes
+)
+
+// resetReasons lists every resetReason, for the metrics made at start-up.
+var resetReasons = []resetReason{resetHistoryGone, resetOtherRun, resetFuture, resetInvalid}
+
+// broker is where topic events are published and subscribed to: one event store and the
+// local fan-out it feeds. The SSE handler and the publish routes speak to it alone.
+type broker struct {
+	store   eventStore
+	fan     *fanout
+	ids     eventIDs
+	metrics *hubMetrics
+}
+
+// subscription is what Subscribe hands a stream: the live subscription, the events to
+// replay before it, and where the stream starts.
+type subscription struct {
+	sub      *subscriber
+	replay   []*topicEvent // events of its topics after the client's id, oldest first
+	more     bool          // the replay holds a first chunk: read on from its last event up to upTo
+	upTo     uint64        // the last event that comes by replay, not live
+	position string        // the id the stream stands at before the replay: the client's, or the hub's last
+	at       uint64        // the sequence number in position
+	reset    resetReason   // why the client's id could not be resumed, or ""
+}
+
+// Publish publishes p and returns the SSE id it got once it is stored.
+func (b *broker) Publish(ctx context.Context, p publication) (string, error) {
+	seq, retried, err := b.store.Publish(ctx, p)
+	if err != nil {
+		return "", err
+	}
+	if !retried {
+		b.metrics.published.Inc()
+	}
+	return b.ids.format(seq), nil
+}
+
+// Subscribe subscribes to topics and returns what to replay after lastID, an id a client
+// sent (hasLastID false if it sent none), with onDrop called (without blocking) if the
+// subscriber is dropped. The subscriber is registered first, noting the last event L
+// delivered here; events up to L come by replay, later ones live, so none is missed or sent
+// twice. A client ahead of this process (it comes from a replica whose consumer was further
+// on) gets no replay: its stream skips what it has. An id whose followers the store no
+// longer holds, from another sequence, from the future or malformed gives a reset, and the
+// stream goes on live from L (from the sequence's last event, for an id from the future). An
+// error means the stream cannot resume now (the store is
+// unreachable, or ctx ended) and its client should come back later.
+func (b *broker) Subscribe(ctx context.Context, topics []string, lastID string, hasLastID bool, onDrop func()) (subscription, error) {
+	var seq uint64
+	var reason resetReason
+	if hasLastID {
+		seq, reason = b.ids.parse(lastID)
+	}
+	sub, last := b.fan.subscribe(topics, seq, onDrop)
+	s := subscription{sub: sub, at: last, upTo: last}
+	if hasLastID && reason == "" {
+		var err error
+		if reason, err = b.resume(ctx, &s, seq); err != nil {
+			b.fan.unsubscribe(sub)
+			return subscription{}, err
+		}
+	}
+	if reason == resetFuture {
+		// Subscribed to skip events the sequence has not reached: subscribe afresh.
+		b.fan.unsubscribe(sub)
+		s.sub, s.at = b.fan.subscribe(topics, 0, onDrop)
+		s.upTo = s.at
+	}
+	if reason != "" {
+		s.reset = reason
+		b.metrics.resets[reason].Inc()
+	}
+	s.position = b.ids.format(s.at)
+	return s, nil
+}
+
+// resume sets where s starts for a client that sent the id of seq, and what it replays, or
+// returns why it cannot start there.
+func (b *broker) resume(ctx context.Context, s *subscription, seq uint64) (resetReason, error) {
+	switch {
+	case seq > s.upTo:
+		newest, err := b.store.Newest(ctx)
+		if err != nil {
+			return "", err
+		}
+		if seq > newest {
+			return resetFuture, nil
+		}
+	case seq < s.upTo:
+		var reason resetReason
+		var err error
+		if s.replay, s.more, reason, err = b.store.Replay(ctx, s.sub.topics, seq, s.upTo); err != nil || reason != "" {
+			return reason, err
+		}
+	}
+	s.at = seq
+	return "", nil
+}
+
+// ReplayMore returns the next chunk of a replay that did not fit in one, after sequence
+// after up to upTo, or an error if the stream must end and its client resume: the store is
+// unreachable, or the events were forgotten meanwhile (the client's next request learns
+// it with a reset).
+func (b *broker) ReplayMore(ctx context.Context, topics []string, after, upTo uint64) ([]*topicEvent, bool, error) {
+	events, more, reason, err := b.store.Replay(ctx, topics, after, upTo)
+	if err == nil && reason != "" {
+		err = errors.New("history moved past the replay: reconnect to resume")
+	}
+	return events, more, err
+}
+
+// Unsubscribe ends a subscription that Subscribe returned.
+func (b *broker) Unsubscribe(sub *subscriber) {
+	b.fan.unsubscribe(sub)
+}
+
+// Health says whether the broker can publish now and, if not, why.
+func (b *broker) Health() (bool, string) {
+	return b.store.Health()
+}
+
+// hubMetrics count what the broker and its streams do. Every series is made when the broker
+// is, so counting costs an atomic add.
+type hubMetrics struct {
+	published prometheus.Counter
+	delivered prometheus.Counter // events written to topic streams, replayed ones included
+	replayed  prometheus.Counter
+	resets    map[resetReason]prometheus.Counter
+}
+
+// newHubMetrics registers the broker's metrics with reg, and the gauge of its subscribers,
+// which reads the broker b returns when scraped.
+func newHubMetrics(reg *prometheus.Registry, b func() *broker) *hubMetrics {
+	m := &hubMetrics{
+		published: registerCounter(reg, prometheus.CounterOpts{
+			Name: "sse_hub_published_total",
+			Help: "Events published to topics.",
+		}),
+		delivered: registerCounter(reg, prometheus.CounterOpts{
+			Name: "sse_hub_delivered_total",
+			Help: "Topic events written to subscribers, replayed ones included.",
+		}),
+		replayed: registerCounter(reg, prometheus.CounterOpts{
+			Name: "sse_hub_replayed_total",
+			Help: "Topic events written from history to subscribers that resumed.",
+		}),
+		resets: make(map[resetReason]prometheus.Counter),
+	}
+	resets := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sse_hub_resets_total",
+		Help: "Topic streams that could not resume where their client asked and began with a reset event, by why.",
+	}, []string{"reason"})
+	reg.MustRegister(resets)
+	for _, r := range resetReasons {
+		m.resets[r] = resets.WithLabelValues(string(r))
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sse_hub_subscribers",
+		Help: "Topic streams subscribed now.",
+	}, func() float64 { return float64(b().fan.count()) }))
+	return m
+}
