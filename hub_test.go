@@ -163,6 +163,8 @@ func TestPublish_RefusesBadBodiesAndKeepsServing(t *testing.T) {
 		{"event with a line break", `{"topic":"a","data":1,"event":"x\ny"}`, 400, "event: an event type holds"},
 		{"reserved event", `{"topic":"a","data":1,"event":"reset"}`, 400, `"reset" is reserved`},
 		{"event error", `{"topic":"a","data":1,"event":"error"}`, 400, `"error" is reserved`},
+		{"reserved event in capitals", `{"topic":"a","data":1,"event":"RESET"}`, 400, `"RESET" is reserved`},
+		{"reserved event in mixed case", `{"topic":"a","data":1,"event":"Auth-Expired"}`, 400, `"Auth-Expired" is reserved`},
 		{"invalid UTF-8", "{\"topic\":\"a\",\"data\":\"\xff\"}", 400, "not valid UTF-8"},
 		{"too large", `{"topic":"a","data":"` + strings.Repeat("x", maxPublishBody) + `"}`, 413, "at most 65536 bytes"},
 	}

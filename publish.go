@@ -176,7 +176,8 @@ func parsePublish(body []byte) (topic, event string, data []byte, err error) {
 }
 
 // checkEventName says which rule an event type breaks, or returns nil: empty (a message),
-// or up to maxEventName bytes of the topic alphabet, and none of the reserved names.
+// or up to maxEventName bytes of the topic alphabet, and none of the reserved names in any
+// case, since a client or a validator upstream may compare event types without case.
 func checkEventName(name string) error {
 	if name == "" {
 		return nil
@@ -185,8 +186,11 @@ func checkEventName(name string) error {
 		return err
 	}
 	for _, reserved := range reservedEvents {
-		if name == reserved {
+		switch {
+		case name == reserved:
 			return fmt.Errorf("%q is reserved: EventSource or this server sends events of that type", name)
+		case strings.EqualFold(name, reserved):
+			return fmt.Errorf("%q is reserved: it is %q in another case, which EventSource or this server sends", name, reserved)
 		}
 	}
 	return nil
