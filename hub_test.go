@@ -165,6 +165,14 @@ func TestPublish_RefusesBadBodiesAndKeepsServing(t *testing.T) {
 		{"event error", `{"topic":"a","data":1,"event":"error"}`, 400, `"error" is reserved`},
 		{"reserved event in capitals", `{"topic":"a","data":1,"event":"RESET"}`, 400, `"RESET" is reserved`},
 		{"reserved event in mixed case", `{"topic":"a","data":1,"event":"Auth-Expired"}`, 400, `"Auth-Expired" is reserved`},
+		{"topic twice", `{"topic":"a","topic":"b","data":1}`, 400, `the key "topic" appears twice in one object`},
+		{"topic twice, once escaped", `{"topic":"a","\u0074opic":"b","data":1}`, 400, `the key "topic" appears twice in one object`},
+		{"data twice", `{"topic":"a","data":1,"data":2}`, 400, `the key "data" appears twice in one object`},
+		{"a key twice inside data", `{"topic":"a","data":[{"x":{"y":1,"y":2}}]}`, 400, `the key "y" appears twice in one object`},
+		{"topic in capitals", `{"Topic":"a","data":1}`, 400, `the key "Topic" differs from "topic" only in case`},
+		{"data in capitals", `{"topic":"a","DATA":1}`, 400, `the key "DATA" differs from "data" only in case`},
+		{"event in capitals", `{"topic":"a","data":1,"Event":"x"}`, 400, `the key "Event" differs from "event" only in case`},
+		{"topic and its capitals", `{"topic":"a","TOPIC":"b","data":1}`, 400, `the key "TOPIC" differs from "topic" only in case`},
 		{"invalid UTF-8", "{\"topic\":\"a\",\"data\":\"\xff\"}", 400, "not valid UTF-8"},
 		{"too large", `{"topic":"a","data":"` + strings.Repeat("x", maxPublishBody) + `"}`, 413, "at most 65536 bytes"},
 	}
@@ -215,6 +223,11 @@ func TestPublish_DeliversDataExactly(t *testing.T) {
 	status, answer := publish(t, srv.adminURL, "", []byte("{\"topic\":\"exact\",\"data\": { \"a\" :\n [ 1 , 2 ] } }"))
 	if got := s.nextEvent(t); status != 200 || got.data != `{"a":[1,2]}` {
 		t.Errorf("a spaced object = %d %q, delivered %q, want 200 and {\"a\":[1,2]}", status, answer, got.data)
+	}
+	// Inside data, keys are the publisher's own: names like the body's fields, in any case, go through.
+	status, answer = publish(t, srv.adminURL, "", []byte(`{"topic":"exact","data":{"Topic":1,"TOPIC":2,"topic":3}}`))
+	if got := s.nextEvent(t); status != 200 || got.data != `{"Topic":1,"TOPIC":2,"topic":3}` {
+		t.Errorf("data with keys like topic = %d %q, delivered %q, want 200 and the object as sent", status, answer, got.data)
 	}
 }
 
@@ -701,6 +714,11 @@ func FuzzParsePublish(f *testing.F) {
 		`{"topic":"a","data":[1, 2 ,{"x" : "\ud800"}],"event":"reset"}`,
 		"{\"topic\":\"a\",\"data\":\"\xff\"}",
 		`{"topic":"a","data":1}{}`,
+		`{"topic":"a","topic":"b","data":1}`,
+		`{"topic":"a","\u0074opic":"b","data":1}`,
+		`{"Topic":"a","data":1,"EVENT":"x"}`,
+		`{"topic":"a","data":{"x":[{"y":1,"y":2}],"Topic":3}}`,
+		`{"topic":"a","data":1,"event":"ReSeT"}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -711,6 +729,42 @@ func FuzzParsePublish(f *testing.F) {
 		}
 		if checkTopic(topic) != nil || checkEventName(event) != nil {
 			t.Fatalf("parsePublish(%q) accepted topic %q event %q", body, topic, event)
+		}
+		for _, reserved := range reservedEvents {
+			if strings.EqualFold(event, reserved) {
+				t.Fatalf("parsePublish(%q) accepted event %q, which is %q in some case", body, event, reserved)
+			}
+		}
+		// One reading only: each key of the body exactly as publishRequest names it, and as
+		// many tokens as the body decoded and encoded again, which keeps one of two equal keys.
+		var members map[string]json.RawMessage
+		if json.Unmarshal(body, &members) != nil {
+			t.Fatalf("parsePublish(%q) accepted a body that is not one JSON object", body)
+		}
+		for key := range members {
+			if key != "topic" && key != "data" && key != "event" {
+				t.Fatalf("parsePublish(%q) accepted the key %q", body, key)
+			}
+		}
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.UseNumber()
+		var tree any
+		if err := dec.Decode(&tree); err != nil {
+			t.Fatal(err)
+		}
+		again, err := json.Marshal(tree)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, m := countTokens(t, body), countTokens(t, again); n != m {
+			t.Fatalf("parsePublish(%q) accepted a body of %d tokens that decodes to %d: a key given twice", body, n, m)
+		}
+		// The same body with a topic put in front of it names the topic twice, or in two cases.
+		rest := bytes.TrimLeft(body, " \t\r\n")[1:]
+		for _, front := range []string{`{"topic":"z",`, `{"TOPIC":"z",`} {
+			if _, _, _, err := parsePublish(append([]byte(front), rest...)); err == nil {
+				t.Fatalf("parsePublish(%q) accepted %q in front of %q", body, front, rest)
+			}
 		}
 		var req publishRequest
 		if json.Unmarshal(body, &req) != nil {
@@ -732,6 +786,25 @@ func FuzzParsePublish(f *testing.F) {
 			t.Fatalf("publish %q framed and parsed = %+v, want one event with data %q", body, frames, want)
 		}
 	})
+}
+
+// countTokens returns how many tokens encoding/json's Decoder reads in text: delimiters,
+// keys and values.
+func countTokens(t *testing.T, text []byte) int {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(text))
+	dec.UseNumber()
+	n := 0
+	for {
+		_, err := dec.Token()
+		if err == io.EOF {
+			return n
+		}
+		if err != nil {
+			t.Fatalf("tokens of %q: %v", text, err)
+		}
+		n++
+	}
 }
 
 func TestPublish_NeedsTheTokenWhenOneIsSet(t *testing.T) {

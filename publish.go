@@ -32,6 +32,10 @@ type publishRequest struct {
 	Event string          `json:"event"`
 }
 
+// publishFields are the members of a publish body, as publishRequest's json tags name them:
+// a key in another case is refused, since encoding/json would read it as the field.
+var publishFields = jsonFields{"topic": {}, "data": {}, "event": {}}
+
 // publishAnswer is the answer to a publish: the SSE id the event got.
 type publishAnswer struct {
 	ID string `json:"id"`
@@ -137,8 +141,9 @@ func hasBearer(authorization, token string) bool {
 }
 
 // parsePublish checks a publish body and returns its topic, event type and the data to
-// send: a JSON string as it is, any other JSON value as compact JSON. Each error says which
-// rule the body broke.
+// send: a JSON string as it is, any other JSON value as compact JSON. The body must read one
+// way only (checkStrictJSON): no key twice, in data too, and each field in its own case.
+// Each error says which rule the body broke.
 func parsePublish(body []byte) (topic, event string, data []byte, err error) {
 	if !utf8.Valid(body) {
 		return "", "", nil, errors.New("the body is not valid UTF-8")
@@ -151,6 +156,9 @@ func parsePublish(body []byte) (topic, event string, data []byte, err error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return "", "", nil, errors.New("the body holds more than one JSON value")
+	}
+	if refused := checkStrictJSON(body, publishFields); refused != nil {
+		return "", "", nil, refused
 	}
 	if err := checkTopic(req.Topic); err != nil {
 		return "", "", nil, fmt.Errorf("topic: %w", err)
