@@ -223,6 +223,8 @@ func TestAuth_RefusesBadTokensWithTheReason(t *testing.T) {
 		{"not Bearer", orders1, http.Header{"Authorization": {"Basic dXNlcjpwYXNz"}}, 401, "Authorization is not Bearer"},
 		{"header and query", orders1 + "&access_token=" + good, bearer(good), 401, "a token in both Authorization and access_token"},
 		{"two query tokens", orders1 + "&access_token=" + good + "&access_token=" + good, nil, 401, "more than one access_token"},
+		{"two Authorization headers, the same token", orders1, http.Header{"Authorization": {"Bearer " + good, "Bearer " + good}}, 401, "more than one Authorization header"},
+		{"two Authorization headers, one good", orders1, http.Header{"Authorization": {"Bearer garbage", "Bearer " + good}}, 401, "more than one Authorization header"},
 		{"another topic", topicURL("", "orders/2"), bearer(good), 403, "does not allow reading topic orders/2"},
 		{"one topic of two not granted", topicURL("", "orders/1", "orders/2"), cookie(good), 403, "does not allow reading topic orders/2"},
 		{"HS256 by header", orders1, bearer(good), 200, ""},
@@ -255,7 +257,7 @@ func TestAuth_RefusesBadTokensWithTheReason(t *testing.T) {
 	}
 	m := scrape(t, srv.adminURL)
 	// Each refusal twice: GET and HEAD.
-	for reason, want := range map[string]float64{"missing": 2, "invalid": 2 * 12, "expired": 2, "forbidden": 2 * 3} {
+	for reason, want := range map[string]float64{"missing": 2, "invalid": 2 * 14, "expired": 2, "forbidden": 2 * 3} {
 		if got := m[`sse_auth_failures_total{reason="`+reason+`"}`]; got != want {
 			t.Errorf("sse_auth_failures_total{reason=%q} = %v, want %v", reason, got, want)
 		}
@@ -493,10 +495,15 @@ func FuzzTokenFrom(f *testing.F) {
 	f.Add("", "sse_token=def", "access_token=ghi&access_token=x")
 	f.Add("bearer  abc ", "", "")
 	f.Add("Basic x", "a=b; sse_token=", "topic=a&access_token=%zz")
+	f.Add("Bearer abc\nBearer abc", "", "")
+	f.Add("Bearer abc\n", "sse_token=def", "")
 	f.Fuzz(func(t *testing.T, authorization, cookie, query string) {
 		r := &http.Request{Header: http.Header{}, URL: &url.URL{Path: "/sse", RawQuery: query}}
 		if authorization != "" {
-			r.Header.Set("Authorization", authorization)
+			// Each line is one Authorization header, as a request may carry several.
+			for _, line := range strings.Split(authorization, "\n") {
+				r.Header.Add("Authorization", line)
+			}
 		}
 		if cookie != "" {
 			r.Header.Set("Cookie", cookie)
@@ -511,6 +518,9 @@ func FuzzTokenFrom(f *testing.F) {
 		}
 		if token == "" || len(token) > maxTokenLength {
 			t.Fatalf("tokenFrom(%q, %q, %q) = %q, want a token of 1 to %d bytes", authorization, cookie, query, token, maxTokenLength)
+		}
+		if len(r.Header.Values("Authorization")) > 1 {
+			t.Fatalf("tokenFrom(%q, %q, %q) = %q, want two Authorization headers refused", authorization, cookie, query, token)
 		}
 		inQuery := r.URL.Query().Has(accessTokenParam)
 		if authorization != "" && inQuery {

@@ -28,13 +28,23 @@ import (
 // of the answer.
 func publish(t testing.TB, adminURL, token string, body []byte) (int, string) {
 	t.Helper()
+	header := http.Header{}
+	if token != "" {
+		header.Set("Authorization", "Bearer "+token)
+	}
+	return publishWith(t, adminURL, header, body)
+}
+
+// publishWith is publish with the request headers of header, each value its own header line.
+func publishWith(t testing.TB, adminURL string, header http.Header, body []byte) (int, string) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, adminURL+"/publish", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
@@ -836,4 +846,38 @@ func TestPublish_NeedsTheTokenWhenOneIsSet(t *testing.T) {
 	if got := metric(t, srv.adminURL, "sse_hub_published_total"); got != 1 {
 		t.Errorf("sse_hub_published_total = %v, want 1: only the request with the token publishes", got)
 	}
+}
+
+func TestPublish_RefusesTwoAuthorizationHeaders(t *testing.T) {
+	t.Parallel()
+	srv := startServerEnv(t, authEnv, "-publish-token", "pub-s3cret")
+	open := startServer(t)
+	jwtA := hs256(t, grant(time.Hour, nil, []string{"a"}))
+	body := []byte(`{"topic":"a","data":1}`)
+	for _, tt := range []struct {
+		name   string
+		server *testServer
+		values []string
+	}{
+		{"the token twice", srv, []string{"Bearer pub-s3cret", "Bearer pub-s3cret"}},
+		{"the token, then a wrong one", srv, []string{"Bearer pub-s3cret", "Bearer wrong"}},
+		{"a wrong one, then the token", srv, []string{"Bearer wrong", "Bearer pub-s3cret"}},
+		{"a JWT, then the token", srv, []string{"Bearer " + jwtA, "Bearer pub-s3cret"}},
+		{"a JWT, then garbage", srv, []string{"Bearer " + jwtA, "Bearer garbage"}},
+		{"two headers where none is needed", open, []string{"Bearer x", "Bearer y"}},
+	} {
+		status, answer := publishWith(t, tt.server.adminURL, http.Header{"Authorization": tt.values}, body)
+		if status != http.StatusBadRequest || !strings.Contains(answer, "more than one Authorization header") ||
+			strings.Count(strings.TrimSpace(answer), "\n") != 0 || strings.Contains(answer, "pub-s3cret") {
+			t.Errorf("%s: POST /publish = %d %q, want 400 with a one-line reason saying more than one Authorization header", tt.name, status, answer)
+		}
+	}
+	for _, s := range []*testServer{srv, open} {
+		if got := metric(t, s.adminURL, "sse_hub_published_total"); got != 0 {
+			t.Errorf("sse_hub_published_total = %v after requests with two Authorization headers, want 0", got)
+		}
+	}
+	// One header is still enough, either credential.
+	publishAs(t, srv.adminURL, "pub-s3cret", "a", 1)
+	publishAs(t, srv.adminURL, jwtA, "a", 2)
 }

@@ -46,9 +46,14 @@ type publishAnswer struct {
 // (auth not nil), the request must carry "Authorization: Bearer" with the token, compared
 // in constant time, or a JWT whose publish claim covers the topic. An Idempotency-Key (or
 // Nats-Msg-Id) header makes retries of one publish land once, where b keeps such keys.
-// While b cannot store events the answer is 503 with Retry-After.
+// Two Authorization headers are refused whether or not one is needed: a proxy in front may
+// have checked the other. While b cannot store events the answer is 503 with Retry-After.
 func handlePublish(b broker, token string, auth *authorizer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.Header.Values("Authorization")) > 1 {
+			http.Error(w, "400 bad request: more than one Authorization header: send one", http.StatusBadRequest)
+			return
+		}
 		var claims *sseClaims // a publisher's JWT, checked against the topic once it is read
 		if token != "" || auth != nil {
 			if token == "" || !hasBearer(r.Header.Get("Authorization"), token) {
