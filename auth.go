@@ -83,6 +83,38 @@ type sseClaims struct {
 	jwt.RegisteredClaims
 }
 
+// claimFields are the claims the server reads, as the json tags of sseClaims name them, and
+// the dates among them: a claim in another case, or a date written as a string (which
+// jwt.NumericDate takes), would be read one way here and maybe another upstream.
+var claimFields = jsonFields{
+	"sse": {fields: jsonFields{"subscribe": {}, "publish": {}}},
+	"iss": {}, "sub": {}, "aud": {}, "jti": {},
+	"exp": {number: true}, "nbf": {number: true}, "iat": {number: true},
+}
+
+// UnmarshalJSON reads claims whose JSON has one reading only (checkStrictJSON). The parser
+// hands it the decoded claims segment, so each token is checked once, before its signature,
+// at the cost of one more pass over at most maxTokenLength bytes.
+func (c *sseClaims) UnmarshalJSON(text []byte) error {
+	if refused := checkStrictJSON(text, claimFields); refused != nil {
+		return &tokenJSONError{part: "claims", refused: refused}
+	}
+	type plain sseClaims // sseClaims without this method, for encoding/json to fill
+	return json.Unmarshal(text, (*plain)(c))
+}
+
+// tokenJSONError is a token whose header or claims break the strict JSON rules: an invalid
+// token, whose reason names the rule without quoting the token.
+type tokenJSONError struct {
+	part    string // "header" or "claims"
+	refused *strictJSONError
+}
+
+// Error names the part of the token and the rule it breaks.
+func (e *tokenJSONError) Error() string {
+	return e.part + ": " + e.refused.withoutKey()
+}
+
 // sseGrant is the "sse" claim: {"subscribe":["orders/42","prices/*"],"publish":["orders/**"]}.
 type sseGrant struct {
 	Subscribe []string `json:"subscribe"`
@@ -248,9 +280,12 @@ func tokenFrom(r *http.Request, cookie string) (token string, fromCookie bool, _
 func (a *authorizer) verify(token string) (*sseClaims, *authError) {
 	claims := new(sseClaims)
 	_, err := a.parser.ParseWithClaims(token, claims, a.keyFor)
+	var twoWays *tokenJSONError
 	switch {
 	case err == nil:
 		return claims, nil
+	case errors.As(err, &twoWays):
+		return nil, &authError{authInvalid, twoWays.Error()}
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return nil, &authError{authInvalid, "malformed token"}
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
@@ -276,8 +311,17 @@ var errNoKey = errors.New("no key for this algorithm and kid")
 // keyFor returns the keys that may verify t: those whose algorithms include t's and, when
 // t names a kid, whose kid is that one (a key without a kid matches any). The parser has
 // already refused an algorithm no key takes, and none is ever taken; each key verifies
-// only its own algorithms, so the RSA key is never used as an HMAC secret.
+// only its own algorithms, so the RSA key is never used as an HMAC secret. A header that
+// names a member twice (alg or kid read as the last of two) is refused first.
 func (a *authorizer) keyFor(t *jwt.Token) (any, error) {
+	segment, _, _ := strings.Cut(t.Raw, ".")
+	header, err := base64.RawURLEncoding.DecodeString(segment)
+	if err != nil {
+		return nil, err // the parser decoded it already: not reached
+	}
+	if refused := checkStrictJSON(header, nil); refused != nil {
+		return nil, &tokenJSONError{part: "header", refused: refused}
+	}
 	alg := t.Method.Alg()
 	kid, _ := t.Header["kid"].(string)
 	var set jwt.VerificationKeySet

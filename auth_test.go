@@ -223,6 +223,8 @@ func TestAuth_RefusesBadTokensWithTheReason(t *testing.T) {
 		{"not Bearer", orders1, http.Header{"Authorization": {"Basic dXNlcjpwYXNz"}}, 401, "Authorization is not Bearer"},
 		{"header and query", orders1 + "&access_token=" + good, bearer(good), 401, "a token in both Authorization and access_token"},
 		{"two query tokens", orders1 + "&access_token=" + good + "&access_token=" + good, nil, 401, "more than one access_token"},
+		{"two Authorization headers, the same token", orders1, http.Header{"Authorization": {"Bearer " + good, "Bearer " + good}}, 401, "more than one Authorization header"},
+		{"two Authorization headers, one good", orders1, http.Header{"Authorization": {"Bearer garbage", "Bearer " + good}}, 401, "more than one Authorization header"},
 		{"another topic", topicURL("", "orders/2"), bearer(good), 403, "does not allow reading topic orders/2"},
 		{"one topic of two not granted", topicURL("", "orders/1", "orders/2"), cookie(good), 403, "does not allow reading topic orders/2"},
 		{"HS256 by header", orders1, bearer(good), 200, ""},
@@ -255,7 +257,7 @@ func TestAuth_RefusesBadTokensWithTheReason(t *testing.T) {
 	}
 	m := scrape(t, srv.adminURL)
 	// Each refusal twice: GET and HEAD.
-	for reason, want := range map[string]float64{"missing": 2, "invalid": 2 * 12, "expired": 2, "forbidden": 2 * 3} {
+	for reason, want := range map[string]float64{"missing": 2, "invalid": 2 * 14, "expired": 2, "forbidden": 2 * 3} {
 		if got := m[`sse_auth_failures_total{reason="`+reason+`"}`]; got != want {
 			t.Errorf("sse_auth_failures_total{reason=%q} = %v, want %v", reason, got, want)
 		}
@@ -493,10 +495,15 @@ func FuzzTokenFrom(f *testing.F) {
 	f.Add("", "sse_token=def", "access_token=ghi&access_token=x")
 	f.Add("bearer  abc ", "", "")
 	f.Add("Basic x", "a=b; sse_token=", "topic=a&access_token=%zz")
+	f.Add("Bearer abc\nBearer abc", "", "")
+	f.Add("Bearer abc\n", "sse_token=def", "")
 	f.Fuzz(func(t *testing.T, authorization, cookie, query string) {
 		r := &http.Request{Header: http.Header{}, URL: &url.URL{Path: "/sse", RawQuery: query}}
 		if authorization != "" {
-			r.Header.Set("Authorization", authorization)
+			// Each line is one Authorization header, as a request may carry several.
+			for _, line := range strings.Split(authorization, "\n") {
+				r.Header.Add("Authorization", line)
+			}
 		}
 		if cookie != "" {
 			r.Header.Set("Cookie", cookie)
@@ -511,6 +518,9 @@ func FuzzTokenFrom(f *testing.F) {
 		}
 		if token == "" || len(token) > maxTokenLength {
 			t.Fatalf("tokenFrom(%q, %q, %q) = %q, want a token of 1 to %d bytes", authorization, cookie, query, token, maxTokenLength)
+		}
+		if len(r.Header.Values("Authorization")) > 1 {
+			t.Fatalf("tokenFrom(%q, %q, %q) = %q, want two Authorization headers refused", authorization, cookie, query, token)
 		}
 		inQuery := r.URL.Query().Has(accessTokenParam)
 		if authorization != "" && inQuery {
@@ -1080,5 +1090,78 @@ func TestEventSourcePackage_ReadsAPrivateTopicWithAnAuthorizationHeader(t *testi
 	client.expect(t, want)
 	if n := metric(t, srv.adminURL, `sse_auth_failures_total{reason="missing"}`); n != 0 {
 		t.Errorf(`sse_auth_failures_total{reason="missing"} = %v, want 0: every request carried the header`, n)
+	}
+}
+
+// signRaw returns a token whose header and payload are the JSON texts given, byte for
+// byte, signed HS256 with testSecret: for claims that jwt.NewWithClaims could not write.
+func signRaw(t testing.TB, header, payload string) string {
+	t.Helper()
+	signing := b64([]byte(header)) + "." + b64([]byte(payload))
+	signature, err := jwt.SigningMethodHS256.Sign(signing, []byte(testSecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signing + "." + b64(signature)
+}
+
+func TestAuth_RefusesTokensWhoseJSONReadsTwoWays(t *testing.T) {
+	t.Parallel()
+	srv := startServerEnv(t, authEnv)
+	now := time.Now().Unix()
+	fill := strings.NewReplacer(
+		"$GRANT", `"sse":{"subscribe":["orders/1"],"publish":["orders/1"]}`,
+		"$EXP", strconv.FormatInt(now+3600, 10),
+		"$PAST", strconv.FormatInt(now-3600, 10),
+		"$NOW", strconv.FormatInt(now, 10),
+	).Replace
+	const hs256Header = `{"alg":"HS256","typ":"JWT"}`
+	tests := []struct {
+		name, header, claims string
+		reason               string // empty: the token is taken
+	}{
+		{"as issued", hs256Header, `{$GRANT,"exp":$EXP}`, ""},
+		{"nbf and iat as numbers, a null nbf", hs256Header, `{$GRANT,"exp":$EXP,"iat":$NOW,"nbf":null}`, ""},
+		{"sse in capitals", hs256Header, `{"SSE":{"subscribe":["orders/1"],"publish":["orders/1"]},"exp":$EXP}`, `claims: a key differs from "sse" only in case`},
+		{"sse with a long s, which encoding/json folds to s", hs256Header, `{"ſse":{"subscribe":["orders/1"],"publish":["orders/1"]},"exp":$EXP}`, `claims: a key differs from "sse" only in case`},
+		{"subscribe and publish in capitals", hs256Header, `{"sse":{"Subscribe":["orders/1"],"Publish":["orders/1"]},"exp":$EXP}`, `claims: a key differs from "subscribe" only in case`},
+		{"a past EXP before the exp", hs256Header, `{$GRANT,"EXP":$PAST,"exp":$EXP}`, `claims: a key differs from "exp" only in case`},
+		{"sse twice, the last granting", hs256Header, `{"sse":{"subscribe":["none"]},$GRANT,"exp":$EXP}`, "claims: a key appears twice in one object"},
+		{"exp twice, the last in the future", hs256Header, `{$GRANT,"exp":$PAST,"exp":$EXP}`, "claims: a key appears twice in one object"},
+		{"subscribe and publish twice", hs256Header, `{"sse":{"subscribe":[],"publish":[],"subscribe":["orders/1"],"publish":["orders/1"]},"exp":$EXP}`, "claims: a key appears twice in one object"},
+		{"a claim of another's twice", hs256Header, `{$GRANT,"exp":$EXP,"role":"user","role":"admin"}`, "claims: a key appears twice in one object"},
+		{"exp as a string", hs256Header, `{$GRANT,"exp":"$EXP"}`, `claims: "exp" is a string, not a number`},
+		{"nbf as a string", hs256Header, `{$GRANT,"exp":$EXP,"nbf":"$PAST"}`, `claims: "nbf" is a string, not a number`},
+		{"iat as a string", hs256Header, `{$GRANT,"exp":$EXP,"iat":"$NOW"}`, `claims: "iat" is a string, not a number`},
+		{"a claim not in UTF-8", hs256Header, `{$GRANT,"exp":$EXP,"name":"` + "\xff" + `"}`, "claims: not valid UTF-8"},
+		{"alg twice in the header", `{"alg":"none","alg":"HS256"}`, `{$GRANT,"exp":$EXP}`, "header: a key appears twice in one object"},
+	}
+	refused, taken := 0, 0
+	for _, tt := range tests {
+		token := signRaw(t, tt.header, fill(tt.claims))
+		wantStatus := http.StatusUnauthorized
+		if tt.reason == "" {
+			wantStatus, taken = http.StatusOK, taken+1
+		} else {
+			refused++
+		}
+		status, header, body := getTopic(t, srv, http.MethodGet, topicURL("", "orders/1"), http.Header{"Authorization": {"Bearer " + token}})
+		if status != wantStatus || !strings.Contains(body, tt.reason) {
+			t.Errorf("%s: GET /sse with %s = %d %q, want %d with %q", tt.name, fill(tt.claims), status, body, wantStatus, tt.reason)
+		}
+		if tt.reason != "" && header.Get("WWW-Authenticate") != `Bearer realm="sse", error="invalid_token"` {
+			t.Errorf("%s: WWW-Authenticate = %q, want the invalid_token challenge", tt.name, header.Get("WWW-Authenticate"))
+		}
+		status, answer := publish(t, srv.adminURL, token, []byte(`{"topic":"orders/1","data":1}`))
+		if status != wantStatus || !strings.Contains(answer, tt.reason) {
+			t.Errorf("%s: POST /publish with %s = %d %q, want %d with %q", tt.name, fill(tt.claims), status, answer, wantStatus, tt.reason)
+		}
+	}
+	m := scrape(t, srv.adminURL)
+	if got, want := m[`sse_auth_failures_total{reason="invalid"}`], float64(2*refused); got != want {
+		t.Errorf(`sse_auth_failures_total{reason="invalid"} = %v, want %v: each refused token once to subscribe, once to publish`, got, want)
+	}
+	if got := m["sse_hub_published_total"]; got != float64(taken) {
+		t.Errorf("sse_hub_published_total = %v, want %d: the tokens taken alone publish", got, taken)
 	}
 }

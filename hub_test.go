@@ -28,13 +28,23 @@ import (
 // of the answer.
 func publish(t testing.TB, adminURL, token string, body []byte) (int, string) {
 	t.Helper()
+	header := http.Header{}
+	if token != "" {
+		header.Set("Authorization", "Bearer "+token)
+	}
+	return publishWith(t, adminURL, header, body)
+}
+
+// publishWith is publish with the request headers of header, each value its own header line.
+func publishWith(t testing.TB, adminURL string, header http.Header, body []byte) (int, string) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, adminURL+"/publish", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
@@ -163,6 +173,16 @@ func TestPublish_RefusesBadBodiesAndKeepsServing(t *testing.T) {
 		{"event with a line break", `{"topic":"a","data":1,"event":"x\ny"}`, 400, "event: an event type holds"},
 		{"reserved event", `{"topic":"a","data":1,"event":"reset"}`, 400, `"reset" is reserved`},
 		{"event error", `{"topic":"a","data":1,"event":"error"}`, 400, `"error" is reserved`},
+		{"reserved event in capitals", `{"topic":"a","data":1,"event":"RESET"}`, 400, `"RESET" is reserved`},
+		{"reserved event in mixed case", `{"topic":"a","data":1,"event":"Auth-Expired"}`, 400, `"Auth-Expired" is reserved`},
+		{"topic twice", `{"topic":"a","topic":"b","data":1}`, 400, `the key "topic" appears twice in one object`},
+		{"topic twice, once escaped", `{"topic":"a","\u0074opic":"b","data":1}`, 400, `the key "topic" appears twice in one object`},
+		{"data twice", `{"topic":"a","data":1,"data":2}`, 400, `the key "data" appears twice in one object`},
+		{"a key twice inside data", `{"topic":"a","data":[{"x":{"y":1,"y":2}}]}`, 400, `the key "y" appears twice in one object`},
+		{"topic in capitals", `{"Topic":"a","data":1}`, 400, `the key "Topic" differs from "topic" only in case`},
+		{"data in capitals", `{"topic":"a","DATA":1}`, 400, `the key "DATA" differs from "data" only in case`},
+		{"event in capitals", `{"topic":"a","data":1,"Event":"x"}`, 400, `the key "Event" differs from "event" only in case`},
+		{"topic and its capitals", `{"topic":"a","TOPIC":"b","data":1}`, 400, `the key "TOPIC" differs from "topic" only in case`},
 		{"invalid UTF-8", "{\"topic\":\"a\",\"data\":\"\xff\"}", 400, "not valid UTF-8"},
 		{"too large", `{"topic":"a","data":"` + strings.Repeat("x", maxPublishBody) + `"}`, 413, "at most 65536 bytes"},
 	}
@@ -213,6 +233,11 @@ func TestPublish_DeliversDataExactly(t *testing.T) {
 	status, answer := publish(t, srv.adminURL, "", []byte("{\"topic\":\"exact\",\"data\": { \"a\" :\n [ 1 , 2 ] } }"))
 	if got := s.nextEvent(t); status != 200 || got.data != `{"a":[1,2]}` {
 		t.Errorf("a spaced object = %d %q, delivered %q, want 200 and {\"a\":[1,2]}", status, answer, got.data)
+	}
+	// Inside data, keys are the publisher's own: names like the body's fields, in any case, go through.
+	status, answer = publish(t, srv.adminURL, "", []byte(`{"topic":"exact","data":{"Topic":1,"TOPIC":2,"topic":3}}`))
+	if got := s.nextEvent(t); status != 200 || got.data != `{"Topic":1,"TOPIC":2,"topic":3}` {
+		t.Errorf("data with keys like topic = %d %q, delivered %q, want 200 and the object as sent", status, answer, got.data)
 	}
 }
 
@@ -699,6 +724,11 @@ func FuzzParsePublish(f *testing.F) {
 		`{"topic":"a","data":[1, 2 ,{"x" : "\ud800"}],"event":"reset"}`,
 		"{\"topic\":\"a\",\"data\":\"\xff\"}",
 		`{"topic":"a","data":1}{}`,
+		`{"topic":"a","topic":"b","data":1}`,
+		`{"topic":"a","\u0074opic":"b","data":1}`,
+		`{"Topic":"a","data":1,"EVENT":"x"}`,
+		`{"topic":"a","data":{"x":[{"y":1,"y":2}],"Topic":3}}`,
+		`{"topic":"a","data":1,"event":"ReSeT"}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -709,6 +739,42 @@ func FuzzParsePublish(f *testing.F) {
 		}
 		if checkTopic(topic) != nil || checkEventName(event) != nil {
 			t.Fatalf("parsePublish(%q) accepted topic %q event %q", body, topic, event)
+		}
+		for _, reserved := range reservedEvents {
+			if strings.EqualFold(event, reserved) {
+				t.Fatalf("parsePublish(%q) accepted event %q, which is %q in some case", body, event, reserved)
+			}
+		}
+		// One reading only: each key of the body exactly as publishRequest names it, and as
+		// many tokens as the body decoded and encoded again, which keeps one of two equal keys.
+		var members map[string]json.RawMessage
+		if json.Unmarshal(body, &members) != nil {
+			t.Fatalf("parsePublish(%q) accepted a body that is not one JSON object", body)
+		}
+		for key := range members {
+			if key != "topic" && key != "data" && key != "event" {
+				t.Fatalf("parsePublish(%q) accepted the key %q", body, key)
+			}
+		}
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.UseNumber()
+		var tree any
+		if err := dec.Decode(&tree); err != nil {
+			t.Fatal(err)
+		}
+		again, err := json.Marshal(tree)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, m := countTokens(t, body), countTokens(t, again); n != m {
+			t.Fatalf("parsePublish(%q) accepted a body of %d tokens that decodes to %d: a key given twice", body, n, m)
+		}
+		// The same body with a topic put in front of it names the topic twice, or in two cases.
+		rest := bytes.TrimLeft(body, " \t\r\n")[1:]
+		for _, front := range []string{`{"topic":"z",`, `{"TOPIC":"z",`} {
+			if _, _, _, err := parsePublish(append([]byte(front), rest...)); err == nil {
+				t.Fatalf("parsePublish(%q) accepted %q in front of %q", body, front, rest)
+			}
 		}
 		var req publishRequest
 		if json.Unmarshal(body, &req) != nil {
@@ -730,6 +796,25 @@ func FuzzParsePublish(f *testing.F) {
 			t.Fatalf("publish %q framed and parsed = %+v, want one event with data %q", body, frames, want)
 		}
 	})
+}
+
+// countTokens returns how many tokens encoding/json's Decoder reads in text: delimiters,
+// keys and values.
+func countTokens(t *testing.T, text []byte) int {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(text))
+	dec.UseNumber()
+	n := 0
+	for {
+		_, err := dec.Token()
+		if err == io.EOF {
+			return n
+		}
+		if err != nil {
+			t.Fatalf("tokens of %q: %v", text, err)
+		}
+		n++
+	}
 }
 
 func TestPublish_NeedsTheTokenWhenOneIsSet(t *testing.T) {
@@ -761,4 +846,38 @@ func TestPublish_NeedsTheTokenWhenOneIsSet(t *testing.T) {
 	if got := metric(t, srv.adminURL, "sse_hub_published_total"); got != 1 {
 		t.Errorf("sse_hub_published_total = %v, want 1: only the request with the token publishes", got)
 	}
+}
+
+func TestPublish_RefusesTwoAuthorizationHeaders(t *testing.T) {
+	t.Parallel()
+	srv := startServerEnv(t, authEnv, "-publish-token", "pub-s3cret")
+	open := startServer(t)
+	jwtA := hs256(t, grant(time.Hour, nil, []string{"a"}))
+	body := []byte(`{"topic":"a","data":1}`)
+	for _, tt := range []struct {
+		name   string
+		server *testServer
+		values []string
+	}{
+		{"the token twice", srv, []string{"Bearer pub-s3cret", "Bearer pub-s3cret"}},
+		{"the token, then a wrong one", srv, []string{"Bearer pub-s3cret", "Bearer wrong"}},
+		{"a wrong one, then the token", srv, []string{"Bearer wrong", "Bearer pub-s3cret"}},
+		{"a JWT, then the token", srv, []string{"Bearer " + jwtA, "Bearer pub-s3cret"}},
+		{"a JWT, then garbage", srv, []string{"Bearer " + jwtA, "Bearer garbage"}},
+		{"two headers where none is needed", open, []string{"Bearer x", "Bearer y"}},
+	} {
+		status, answer := publishWith(t, tt.server.adminURL, http.Header{"Authorization": tt.values}, body)
+		if status != http.StatusBadRequest || !strings.Contains(answer, "more than one Authorization header") ||
+			strings.Count(strings.TrimSpace(answer), "\n") != 0 || strings.Contains(answer, "pub-s3cret") {
+			t.Errorf("%s: POST /publish = %d %q, want 400 with a one-line reason saying more than one Authorization header", tt.name, status, answer)
+		}
+	}
+	for _, s := range []*testServer{srv, open} {
+		if got := metric(t, s.adminURL, "sse_hub_published_total"); got != 0 {
+			t.Errorf("sse_hub_published_total = %v after requests with two Authorization headers, want 0", got)
+		}
+	}
+	// One header is still enough, either credential.
+	publishAs(t, srv.adminURL, "pub-s3cret", "a", 1)
+	publishAs(t, srv.adminURL, jwtA, "a", 2)
 }

@@ -32,6 +32,10 @@ type publishRequest struct {
 	Event string          `json:"event"`
 }
 
+// publishFields are the members of a publish body, as publishRequest's json tags name them:
+// a key in another case is refused, since encoding/json would read it as the field.
+var publishFields = jsonFields{"topic": {}, "data": {}, "event": {}}
+
 // publishAnswer is the answer to a publish: the SSE id the event got.
 type publishAnswer struct {
 	ID string `json:"id"`
@@ -42,9 +46,14 @@ type publishAnswer struct {
 // (auth not nil), the request must carry "Authorization: Bearer" with the token, compared
 // in constant time, or a JWT whose publish claim covers the topic. An Idempotency-Key (or
 // Nats-Msg-Id) header makes retries of one publish land once, where b keeps such keys.
-// While b cannot store events the answer is 503 with Retry-After.
+// Two Authorization headers are refused whether or not one is needed: a proxy in front may
+// have checked the other. While b cannot store events the answer is 503 with Retry-After.
 func handlePublish(b *broker, token string, auth *authorizer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.Header.Values("Authorization")) > 1 {
+			http.Error(w, "400 bad request: more than one Authorization header: send one", http.StatusBadRequest)
+			return
+		}
 		var claims *sseClaims // a publisher's JWT, checked against the topic once it is read
 		if token != "" || auth != nil {
 			if token == "" || !hasBearer(r.Header.Get("Authorization"), token) {
@@ -155,8 +164,9 @@ func hasBearer(authorization, token string) bool {
 }
 
 // parsePublish checks a publish body and returns its topic, event type and the data to
-// send: a JSON string as it is, any other JSON value as compact JSON. Each error says which
-// rule the body broke.
+// send: a JSON string as it is, any other JSON value as compact JSON. The body must read one
+// way only (checkStrictJSON): no key twice, in data too, and each field in its own case.
+// Each error says which rule the body broke.
 func parsePublish(body []byte) (topic, event string, data []byte, err error) {
 	if !utf8.Valid(body) {
 		return "", "", nil, errors.New("the body is not valid UTF-8")
@@ -169,6 +179,9 @@ func parsePublish(body []byte) (topic, event string, data []byte, err error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return "", "", nil, errors.New("the body holds more than one JSON value")
+	}
+	if refused := checkStrictJSON(body, publishFields); refused != nil {
+		return "", "", nil, refused
 	}
 	if err := checkTopic(req.Topic); err != nil {
 		return "", "", nil, fmt.Errorf("topic: %w", err)
@@ -194,7 +207,8 @@ func parsePublish(body []byte) (topic, event string, data []byte, err error) {
 }
 
 // checkEventName says which rule an event type breaks, or returns nil: empty (a message),
-// or up to maxEventName bytes of the topic alphabet, and none of the reserved names.
+// or up to maxEventName bytes of the topic alphabet, and none of the reserved names in any
+// case, since a client or a validator upstream may compare event types without case.
 func checkEventName(name string) error {
 	if name == "" {
 		return nil
@@ -203,8 +217,11 @@ func checkEventName(name string) error {
 		return err
 	}
 	for _, reserved := range reservedEvents {
-		if name == reserved {
+		switch {
+		case name == reserved:
 			return fmt.Errorf("%q is reserved: EventSource or this server sends events of that type", name)
+		case strings.EqualFold(name, reserved):
+			return fmt.Errorf("%q is reserved: it is %q in another case, which EventSource or this server sends", name, reserved)
 		}
 	}
 	return nil
