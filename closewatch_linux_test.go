@@ -12,6 +12,9 @@ import (
 	"time"
 )
 
+// closesWatched says that streams here learn at once that their client closed its connection.
+const closesWatched = true
+
 // rawStream is a stream opened on a connection of its own, read frame by frame; closing
 // the connection is a client leaving.
 type rawStream struct {
