@@ -88,6 +88,8 @@ type sseHandler struct {
 
 	mu      sync.Mutex
 	writers map[*stream]struct{} // every open stream, for Shutdown
+
+	closes *closeWatcher // tells streams that their clients have closed their connections
 }
 
 // handleSSE returns the SSE handler for cfg. When logger logs at debug level, every event
@@ -100,6 +102,7 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 		endLog:  newLogLimit(logger, cfg.LogRate, "client disconnected lines not logged"),
 		stop:    shutdown{done: make(chan struct{})},
 		writers: make(map[*stream]struct{}),
+		closes:  newCloseWatcher(logger),
 	}
 	h.metrics = newMetrics(func() float64 { return float64(h.streamsOpen.Load()) }, cfg.WriteTimeout)
 	current := func() *broker { return h.broker }
@@ -117,6 +120,7 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 func (h *sseHandler) Shutdown(deadline time.Time) {
 	h.stop.begin(deadline)
 	h.cancelStop()
+	h.closes.close()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for s := range h.writers {
@@ -176,7 +180,8 @@ func (h *sseHandler) admitAddr(r *http.Request) (netip.Addr, bool) {
 	if !ok {
 		return netip.Addr{}, true // a peer that is no IP address (a test's pipe): nothing to count
 	}
-	return addr, h.perAddr.take(addr, h.cfg.MaxClientsPerIP)
+	take := func() bool { return h.perAddr.take(addr, h.cfg.MaxClientsPerIP) }
+	return addr, take() || h.admitOnceGoneEnd(take)
 }
 
 // errPanicked is the error a stream ends with when its handler panics; recoverStream logs
@@ -207,7 +212,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	if !h.admit() {
+	if !h.admit() && !h.admitOnceGoneEnd(h.admit) {
 		h.metrics.rejected[rejectMaxClients].Inc()
 		h.refuse(w, r)
 		return
@@ -236,6 +241,7 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	reason, err := endError, errPanicked
 	defer func() { h.ended(s, reason, err, time.Since(start)) }()
 	setStreamHeaders(header)
+	s.watch = h.closes.watch(r)
 	s.w, s.rc = w, http.NewResponseController(w)
 	if !r.ProtoAtLeast(1, 1) {
 		var cd *closeDelimited
@@ -401,9 +407,10 @@ func (h *sseHandler) untrack(s *stream) {
 	h.mu.Unlock()
 }
 
-// ended counts the end of the stream s and gives its place back, then logs, within the log
-// rate, why it ended and how long it lasted, and lets Wait know. It is a function of its
-// own so that ServeHTTP's stack frame, which every open stream keeps, stays small.
+// ended counts the end of the stream s, gives its place back and stops watching its
+// connection, then logs, within the log rate, why it ended and how long it lasted, and lets
+// Wait know. It is a function of its own so that ServeHTTP's stack frame, which every open
+// stream keeps, stays small.
 //
 //go:noinline
 func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.Duration) {
@@ -413,6 +420,8 @@ func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.D
 		h.perAddr.give(s.addr)
 	}
 	h.streamsOpen.Add(-1)
+	// After the place is given back: a request waiting for it stops when no ending stream is left.
+	h.closes.unwatch(s.watch)
 	h.metrics.streamLength.Observe(lasted.Seconds())
 	if !h.endLog.allow(string(reason)) {
 		return

@@ -41,6 +41,7 @@ type stream struct {
 	name   string       // the client, for the per-event log line
 	addr   netip.Addr   // the client address counted in MaxClientsPerIP, if any
 	logger *slog.Logger // set only when every event is logged
+	watch  *closeWatch  // says when the client closes its connection; nil where nothing watches it
 
 	// A topic stream's: what the fan-out sends it (nil on a random stream, where events
 	// come from its producer), what it replays first, and the broker's counters.
@@ -130,6 +131,8 @@ func (s *stream) run(opening []byte, events <-chan DashBoard, requestDone <-chan
 		case <-s.stop.done:
 			s.sayGoodbye()
 			return endShutdown, nil
+		case <-s.watch.closed():
+			return endClientGone, nil
 		case <-requestDone:
 			if s.stop.started() {
 				s.sayGoodbye()
