@@ -1,8 +1,9 @@
 package main
 
-// Mercure access tokens: what a token allows (a mercureGrant, read from the 1.0
-// authorization_details claim or the 0.x mercure claim). The routes that use it live
-// elsewhere.
+// Mercure access tokens: where a Mercure request carries its token, how the token is
+// verified (with the keys and algorithms the authorizer already trusts), what it allows
+// (a mercureGrant, read from the 1.0 authorization_details claim or the 0.x mercure
+// claim), and the RFC 6750 answers to a refusal. The routes that use them live elsewhere.
 
 import (
 	"bytes"
@@ -10,10 +11,21 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+)
+
+// Where a Mercure request may carry its token besides "Authorization: Bearer": the 1.0
+// cookie, and the 0.x cookie and query parameter.
+const (
+	mercureCookie       = "__Secure-mercure_access_token"
+	legacyMercureCookie = "mercureAuthorization"
+	legacyMercureParam  = "authorization"
 )
 
 // mercureDetailType is the type of the authorization details that Mercure reads; a detail
@@ -95,6 +107,150 @@ func (g *mercureGrant) payloadFor(matcherType, matcher string) json.RawMessage {
 		}
 	}
 	return nil
+}
+
+// mercureAuthError is a refusal of a Mercure request: an authError (why, for the metric,
+// and a reason that never quotes the token), or, when malformed is set, a token presented
+// the wrong way, which RFC 6750 answers with 400 invalid_request.
+type mercureAuthError struct {
+	authError
+	malformed bool
+}
+
+// mercureDenied returns the refusal for failure with reason, not yet counted: a route
+// passes it to refuseMercure.
+func mercureDenied(failure authFailure, reason string) *mercureAuthError {
+	return &mercureAuthError{authError: authError{failure: failure, reason: reason}}
+}
+
+// mercureMalformed returns the refusal of a token presented the wrong way, counted as
+// invalid.
+func mercureMalformed(reason string) *mercureAuthError {
+	return &mercureAuthError{authError: authError{failure: authInvalid, reason: reason}, malformed: true}
+}
+
+// refuseMercure counts e in sse_auth_failures_total by its failure and returns it. A nil
+// authorizer has no metrics to count in, and counts nothing.
+func (a *authorizer) refuseMercure(e *mercureAuthError) *mercureAuthError {
+	if a != nil {
+		a.refuse(&e.authError)
+	}
+	return e
+}
+
+// writeMercureAuthError answers a refused Mercure request as RFC 6750, section 3 and the
+// spec's "Error Responses" say: 401 with a bare Bearer challenge when no token came, 401
+// invalid_token for a token that does not verify, 403 insufficient_scope for one that does
+// not allow the operation, 400 invalid_request for a token presented the wrong way; the
+// body is one line of reason, without the token.
+func writeMercureAuthError(w http.ResponseWriter, e *mercureAuthError) {
+	challenge, status := `Bearer realm="mercure"`, http.StatusUnauthorized
+	switch {
+	case e.malformed:
+		challenge, status = challenge+`, error="invalid_request"`, http.StatusBadRequest
+	case e.failure == authInvalid || e.failure == authExpired:
+		challenge += `, error="invalid_token"`
+	case e.failure == authForbidden:
+		challenge, status = challenge+`, error="insufficient_scope"`, http.StatusForbidden
+	}
+	w.Header().Set("WWW-Authenticate", challenge)
+	w.Header().Set("Cache-Control", "no-store")
+	reason := strings.Join(strings.Fields(e.reason), " ") // one line, whatever a route passed
+	http.Error(w, fmt.Sprintf("%d %s: %s", status, strings.ToLower(http.StatusText(status)), reason), status)
+}
+
+// mercureToken finds the token of a Mercure request and returns what it allows. present
+// says whether the request carries a token at all: with none, grant and err are nil, and
+// the route decides whether one was needed (a 401 missing, through refuseMercure). Every
+// err returned has been counted. audience is the hub's resource identifier, which a 1.0
+// token's aud must hold, and the base of relative URL Patterns; allowQuery takes the 0.x
+// authorization query parameter too. A token from a cookie counts only from this origin or
+// one of -allowed-origins, as for the own dialect. A nil authorizer (no key configured) can
+// verify no token: a presented one is invalid_token, uncounted, for want of metrics.
+func (a *authorizer) mercureToken(r *http.Request, audience string, allowQuery bool) (grant *mercureGrant, present bool, err *mercureAuthError) {
+	token, fromCookie, err := mercureTokenFrom(r, allowQuery)
+	switch {
+	case err != nil:
+		return nil, true, a.refuseMercure(err)
+	case token == "":
+		return nil, false, nil
+	case a == nil:
+		return nil, true, mercureDenied(authInvalid, "no key is configured to verify tokens")
+	}
+	if origin := r.Header.Get("Origin"); fromCookie && origin != "" && !slices.Contains(a.cfg.origins, origin) {
+		return nil, true, a.refuseMercure(mercureDenied(authForbidden, "a cookie counts only from the origins in -allowed-origins"))
+	}
+	grant, err = a.verifyMercure(token, audience)
+	if err != nil {
+		return nil, true, a.refuseMercure(err)
+	}
+	return grant, true, nil
+}
+
+// mercureTokenFrom returns the token r carries, "" if none: from "Authorization: Bearer",
+// else (allowQuery) from the 0.x authorization query parameter, else from the 1.0 cookie,
+// else from the 0.x cookie. A cookie, which the browser adds by itself, yields to a token
+// the client chose to send; a token both in the header and the query, two headers, or two
+// query values are malformed (RFC 6750, section 2: one method per request). fromCookie says
+// where the token came from.
+func mercureTokenFrom(r *http.Request, allowQuery bool) (token string, fromCookie bool, _ *mercureAuthError) {
+	var query []string
+	if allowQuery && r.URL.RawQuery != "" {
+		query = r.URL.Query()[legacyMercureParam]
+	}
+	headers := r.Header.Values("Authorization")
+	switch {
+	case len(headers) > 1:
+		return "", false, mercureMalformed("more than one Authorization header")
+	case len(query) > 1:
+		return "", false, mercureMalformed("more than one " + legacyMercureParam + " parameter")
+	case len(headers) == 1 && len(query) == 1:
+		return "", false, mercureMalformed("a token in both Authorization and the " + legacyMercureParam + " parameter: send one")
+	case len(headers) == 1:
+		scheme, value, ok := strings.Cut(headers[0], " ")
+		if token = strings.TrimSpace(value); !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+			return "", false, mercureMalformed("Authorization is not Bearer <token>")
+		}
+	case len(query) == 1:
+		if token = query[0]; token == "" {
+			return "", false, mercureMalformed("an empty " + legacyMercureParam + " parameter")
+		}
+	default:
+		for _, name := range []string{mercureCookie, legacyMercureCookie} {
+			if c, err := r.Cookie(name); err == nil && c.Value != "" {
+				token, fromCookie = c.Value, true
+				break
+			}
+		}
+		if token == "" {
+			return "", false, nil
+		}
+	}
+	switch {
+	case len(token) > maxTokenLength:
+		return "", false, mercureDenied(authInvalid, "the token is over "+strconv.Itoa(maxTokenLength)+" bytes")
+	case !isB64Token(token):
+		return "", false, mercureMalformed("the token holds a character a Bearer token cannot")
+	}
+	return token, fromCookie, nil
+}
+
+// isB64Token reports whether s is a b64token of RFC 6750, section 2.1, the only form of a
+// Bearer token: letters, digits, "-._~+/", then any "=".
+func isB64Token(s string) bool {
+	body := strings.TrimRight(s, "=")
+	if body == "" {
+		return false
+	}
+	for _, c := range []byte(body) {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("-._~+/", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // mercureClaims are the claims a Mercure token carries: the registered ones and either
@@ -405,4 +561,115 @@ func compactJSON(raw json.RawMessage) json.RawMessage {
 		return slices.Clone(raw) // encoding/json took it as JSON: not reached
 	}
 	return buf.Bytes()
+}
+
+// verifyMercure checks token's signature with a configured key (keyFor, as for the own
+// dialect), then the rules of its dialect, and returns what it allows; the error, not yet
+// counted, names what failed, never the token.
+//
+//   - 1.0 (authorization_details; the spec's "Token Validation"): typ at+jwt, iss present
+//     and equal to -jwt-issuer if set, aud holding audience (a hub without one refuses every
+//     1.0 token), exp required, nbf enforced.
+//   - 0.x (mercure): what -jwt-audience and -jwt-issuer ask of the own dialect, and exp and
+//     nbf enforced when present. A token without exp is taken, as released hubs in 0.x
+//     compatibility take it, because 0.x issuers often mint none; its grant's expires is
+//     zero, and the connection lifetime alone bounds a stream under it.
+//   - Neither: the 1.0 rules for an at+jwt, else (an own sse token, say) the own dialect's,
+//     exp included. Such a token verifies and allows nothing in Mercure, so an operation
+//     needing a grant is insufficient_scope.
+func (a *authorizer) verifyMercure(token, audience string) (*mercureGrant, *mercureAuthError) {
+	claims := new(mercureClaims)
+	parsed, err := a.mercureParser().ParseWithClaims(token, claims, a.keyFor)
+	if err != nil {
+		return nil, mercureTokenFailure(err)
+	}
+	d, err := claims.dialect()
+	if err != nil {
+		return nil, mercureDenied(authInvalid, err.Error())
+	}
+	typ, _ := parsed.Header["typ"].(string)
+	rules := d
+	if d == dialectNone && isAccessTokenType(typ) {
+		rules = dialect10 // an access token without a Mercure grant is still checked as one
+	}
+	opts := []jwt.ParserOption{jwt.WithLeeway(tokenLeeway)}
+	switch rules {
+	case dialect10:
+		switch {
+		case !isAccessTokenType(typ):
+			return nil, mercureDenied(authInvalid, "typ is not at+jwt")
+		case audience == "":
+			return nil, mercureDenied(authInvalid, "the hub has no resource identifier to check aud against")
+		case len(claims.Audience) == 0:
+			return nil, mercureDenied(authInvalid, "token without aud")
+		case claims.Issuer == "":
+			return nil, mercureDenied(authInvalid, "token without iss")
+		case claims.ExpiresAt == nil:
+			return nil, mercureDenied(authInvalid, "token without exp")
+		}
+		opts = append(opts, jwt.WithAudience(audience), jwt.WithExpirationRequired())
+		if a.cfg.issuer != "" {
+			opts = append(opts, jwt.WithIssuer(a.cfg.issuer))
+		}
+	default:
+		if a.cfg.audience != "" {
+			opts = append(opts, jwt.WithAudience(a.cfg.audience))
+		}
+		if a.cfg.issuer != "" {
+			opts = append(opts, jwt.WithIssuer(a.cfg.issuer))
+		}
+		if d == dialectNone {
+			opts = append(opts, jwt.WithExpirationRequired())
+		}
+	}
+	if err := jwt.NewValidator(opts...).Validate(claims); err != nil {
+		return nil, mercureTokenFailure(err)
+	}
+	grant, err := claims.grant(audience)
+	if err != nil {
+		return nil, mercureDenied(authInvalid, err.Error())
+	}
+	return grant, nil
+}
+
+// mercureParser returns a parser that takes only the algorithms of the configured keys and
+// leaves the claims to verifyMercure, whose rules depend on the token's dialect.
+func (a *authorizer) mercureParser() *jwt.Parser {
+	var methods []string
+	for _, k := range a.cfg.keys {
+		methods = append(methods, k.algs...)
+	}
+	return jwt.NewParser(jwt.WithValidMethods(methods), jwt.WithoutClaimsValidation())
+}
+
+// isAccessTokenType reports whether typ names a JWT access token (RFC 9068): "at+jwt", with
+// or without "application/", in any case (RFC 7515, section 4.1.9).
+func isAccessTokenType(typ string) bool {
+	typ = strings.ToLower(typ)
+	return strings.TrimPrefix(typ, "application/") == "at+jwt"
+}
+
+// mercureTokenFailure maps a parse or validation error to the refusal: expired for a token
+// past its exp, invalid for anything else, with a reason that names what failed.
+func mercureTokenFailure(err error) *mercureAuthError {
+	var twoWays *tokenJSONError
+	switch {
+	case errors.As(err, &twoWays):
+		return mercureDenied(authInvalid, twoWays.Error())
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return mercureDenied(authInvalid, "malformed token")
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return mercureDenied(authInvalid, "bad signature or algorithm")
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return mercureDenied(authInvalid, "wrong audience")
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return mercureDenied(authInvalid, "wrong issuer")
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return mercureDenied(authInvalid, "token not valid yet")
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return mercureDenied(authInvalid, "token without exp, aud or iss")
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return mercureDenied(authExpired, "token expired")
+	}
+	return mercureDenied(authInvalid, "invalid token")
 }
