@@ -629,21 +629,6 @@ func base64URLInt(s string) (*big.Int, error) {
 	return new(big.Int).SetBytes(b), nil
 }
 
-// authExpiredData is the data of the auth-expired event that ends a stream whose token
-// expired.
-const authExpiredData = `{"reason":"token_expired"}`
-
-// sayAuthExpired tells a topic stream's client that its token has expired: a retry: with
-// the usual delay, then an auth-expired event without an id, so that the page can get a
-// fresh token or cookie and reconnect with the Last-Event-ID of its last event.
-func (s *stream) sayAuthExpired() {
-	s.buf = appendRetry(s.buf[:0], s.cfg.Retry, "token expired")
-	s.buf = append(s.buf, "event: auth-expired\n"...)
-	s.buf = appendData(s.buf, []byte(authExpiredData))
-	_ = s.write(s.buf) // the stream ends either way
-	s.buf = s.buf[:0]
-}
-
 // refuseAuth answers a request refused a private topic or a publish: 401 or 403 with a
 // one-line reason and the challenge of RFC 6750, section 3. Neither quotes the token.
 func refuseAuth(w http.ResponseWriter, e *authError) {

@@ -1055,7 +1055,7 @@ func BenchmarkTopicStream(b *testing.B) {
 				// A stream writes each sequence number once: every event is a new one.
 				for seq := uint64(1); ; seq++ {
 					select {
-					case sub.queue <- &topicEvent{seq: seq, topic: "orders/1", frame: frame}:
+					case sub.queue <- &topicEvent{seq: seq, topics: []string{"orders/1"}, frame: frame}:
 					case <-done:
 						return
 					}

@@ -11,39 +11,55 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// publication is one event to publish: its topic and SSE event type (both checked; an empty
-// type is a message), its data, and an idempotency key (empty for none) under which a
-// retried publish is stored once, scoped to its publisher and topic.
+// publication is one event to publish, every field checked: its topics (the first is
+// canonical), its SSE event type (empty for a message), retry (empty for none) and data,
+// whether it is private, the id its publisher gives it (empty: the hub numbers it), and an
+// idempotency key (empty for none) under which a retried publish is stored once, scoped to
+// its publisher and topics.
 type publication struct {
-	topic, event string
+	topics       []string
+	event, retry string
 	data         []byte
+	private      bool
+	id           string
 	key          string
 	publisher    string // who publishes, for the key's scope: "" for a publisher with no credential
 }
 
 // scopedKey returns the key under which a store remembers p's idempotency key: a digest of
-// publisher, topic and key, so that two publishers, or one on two topics, never share a key.
+// publisher, topics and key, so that two publishers, or one on two topics, never share a key.
 func (p publication) scopedKey() string {
-	sum := sha256.Sum256([]byte(p.publisher + "\x00" + p.topic + "\x00" + p.key))
+	sum := sha256.Sum256([]byte(p.publisher + "\x00" + strings.Join(p.topics, "\x00") + "\x00\x00" + p.key))
 	return hex.EncodeToString(sum[:16])
 }
 
-// digest returns a digest of what p publishes (topic, type and data), to tell a retry of a
-// publish from another publish that reuses its key.
+// digest returns a digest of what p publishes, to tell a retry of a publish from another
+// publish that reuses its key.
 func (p publication) digest() [32]byte {
 	h := sha256.New()
-	h.Write([]byte(p.topic + "\x00" + p.event + "\x00"))
+	for _, field := range append(slices.Clone(p.topics), "", p.event, p.retry, p.id, strconv.FormatBool(p.private)) {
+		h.Write([]byte(field))
+		h.Write([]byte{0})
+	}
 	h.Write(p.data)
 	var sum [32]byte
 	h.Sum(sum[:0])
 	return sum
 }
+
+// errHubID is what a publish answers when its id reads as one the hub numbers itself.
+var errHubID = errors.New("an id of the hub's own form, <epoch>-<number>, would name two events: choose another")
+
+// errIDTaken is what a publish answers when its id names an event the history still keeps:
+// a Last-Event-ID must name one event.
+var errIDTaken = errors.New("an event the history keeps has this id already: ids must be unique")
 
 // errBrokerUnavailable is what a store answers while it cannot store or replay events;
 // POST /publish turns it into 503 with Retry-After.
@@ -59,12 +75,17 @@ type eventStore interface {
 	// Publish stores p and returns its sequence number once it is stored, and whether it
 	// is a retry of an event stored before under the same idempotency key.
 	Publish(ctx context.Context, p publication) (seq uint64, retried bool, err error)
-	// Replay returns the stored events of topics after sequence after, up to upTo, oldest
-	// first: all of them, or about maxReplayChunk bytes of them with more set. It gives
-	// resetHistoryGone instead when any of them is no longer stored.
-	Replay(ctx context.Context, topics []string, after, upTo uint64) (events []*topicEvent, more bool, reason resetReason, err error)
+	// Replay returns the stored events that sel wants after sequence after, up to upTo,
+	// oldest first: all of them, or about maxReplayChunk bytes of them with more set. It
+	// gives resetHistoryGone instead when any of them is no longer stored.
+	Replay(ctx context.Context, sel *selection, after, upTo uint64) (events []*topicEvent, more bool, reason resetReason, err error)
 	// Newest returns the sequence number of the last event stored.
 	Newest(ctx context.Context) (uint64, error)
+	// Oldest returns the sequence number of the first event kept, or of the next to come
+	// when none is.
+	Oldest(ctx context.Context) (uint64, error)
+	// Lookup returns the sequence number of the kept event its publisher gave id.
+	Lookup(id string) (uint64, bool)
 	// Health says whether the store can publish now and, if not, why, for /readyz.
 	Health() (ok bool, why string)
 }
@@ -110,11 +131,19 @@ func (ids eventIDs) parse(id string) (uint64, resetReason) {
 	return seq, ""
 }
 
-// frame returns the SSE frame of the event seq of topic: its id, its type and its data.
-func (ids eventIDs) frame(seq uint64, event string, data []byte) []byte {
-	var id [64]byte
-	return appendNamedEvent(nil, ids.append(id[:0], seq), event, data)
+// frame returns the SSE frame of the event seq that p publishes: its id (p's own, or the
+// sequence's), its type, its retry and its data.
+func (ids eventIDs) frame(seq uint64, p *publication) []byte {
+	var buf [64]byte
+	id := ids.append(buf[:0], seq)
+	if p.id != "" {
+		id = []byte(p.id)
+	}
+	return appendData(appendFields(nil, id, p.event, p.retry), p.data)
 }
+
+// earliestID is the Last-Event-ID (Mercure's) that asks for every event kept.
+const earliestID = "earliest"
 
 // resetReason says why a stream could not resume exactly where its client asked; it is the
 // reason in the reset event's data and a metric label.
@@ -152,8 +181,12 @@ type subscription struct {
 	reset    resetReason   // why the client's id could not be resumed, or ""
 }
 
-// Publish publishes p and returns the SSE id it got once it is stored.
+// Publish publishes p and returns the SSE id it got once it is stored: its own, or the
+// hub's. An id that reads as one of the hub's own is refused: it would name two events.
 func (b *broker) Publish(ctx context.Context, p publication) (string, error) {
+	if _, reason := b.ids.parse(p.id); p.id != "" && reason == "" {
+		return "", errHubID
+	}
 	seq, retried, err := b.store.Publish(ctx, p)
 	if err != nil {
 		return "", err
@@ -161,11 +194,57 @@ func (b *broker) Publish(ctx context.Context, p publication) (string, error) {
 	if !retried {
 		b.metrics.published.Inc()
 	}
+	if p.id != "" {
+		return p.id, nil
+	}
 	return b.ids.format(seq), nil
 }
 
-// Subscribe subscribes to topics and returns what to replay after lastID, an id a client
-// sent (hasLastID false if it sent none), with onDrop called (without blocking) if the
+// idIndex finds the kept events whose publisher gave them an id, by that id. It holds at
+// most limit ids, forgetting the oldest first; its owner guards it with a lock.
+type idIndex struct {
+	limit int
+	ids   map[string]uint64
+	order []keyAt // ids in the order they came
+}
+
+// add notes that the event seq has id.
+func (x *idIndex) add(id string, seq uint64) {
+	if x.ids == nil {
+		x.ids = make(map[string]uint64)
+	}
+	x.ids[id] = seq
+	x.order = append(x.order, keyAt{id, seq})
+	for len(x.order) > x.limit {
+		x.forgetOldest()
+	}
+}
+
+// get returns the sequence number of the event with id, if it is still known.
+func (x *idIndex) get(id string) (uint64, bool) {
+	seq, ok := x.ids[id]
+	return seq, ok
+}
+
+// forgetBefore forgets the ids of events before sequence number first, which are no longer kept.
+func (x *idIndex) forgetBefore(first uint64) {
+	for len(x.order) > 0 && x.order[0].seq < first {
+		x.forgetOldest()
+	}
+}
+
+// forgetOldest forgets the oldest id, unless a later event has taken it since.
+func (x *idIndex) forgetOldest() {
+	oldest := x.order[0]
+	if x.ids[oldest.key] == oldest.seq {
+		delete(x.ids, oldest.key)
+	}
+	x.order = x.order[1:]
+}
+
+// Subscribe subscribes to sel and returns what to replay after lastID, an id a client sent
+// (hasLastID false if it sent none): one the hub wrote, one a publisher gave an event the
+// history keeps, or "earliest" for every event kept, with onDrop called (without blocking) if the
 // subscriber is dropped. The subscriber is registered first, noting the last event L
 // delivered here; events up to L come by replay, later ones live, so none is missed or sent
 // twice. A client ahead of this process (it comes from a replica whose consumer was further
@@ -174,13 +253,24 @@ func (b *broker) Publish(ctx context.Context, p publication) (string, error) {
 // stream goes on live from L (from the sequence's last event, for an id from the future). An
 // error means the stream cannot resume now (the store is
 // unreachable, or ctx ended) and its client should come back later.
-func (b *broker) Subscribe(ctx context.Context, topics []string, lastID string, hasLastID bool, onDrop func()) (subscription, error) {
+func (b *broker) Subscribe(ctx context.Context, sel selection, lastID string, hasLastID bool, onDrop func()) (subscription, error) {
 	var seq uint64
 	var reason resetReason
 	if hasLastID {
-		seq, reason = b.ids.parse(lastID)
+		if seq, reason = b.ids.parse(lastID); reason != "" {
+			if found, ok := b.store.Lookup(lastID); ok {
+				seq, reason = found, ""
+			}
+		}
+		if lastID == earliestID {
+			oldest, err := b.store.Oldest(ctx)
+			if err != nil {
+				return subscription{}, err
+			}
+			seq, reason = oldest-1, ""
+		}
 	}
-	sub, last := b.fan.subscribe(topics, seq, onDrop)
+	sub, last := b.fan.subscribe(sel, seq, onDrop)
 	s := subscription{sub: sub, at: last, upTo: last}
 	if hasLastID && reason == "" {
 		var err error
@@ -192,7 +282,7 @@ func (b *broker) Subscribe(ctx context.Context, topics []string, lastID string, 
 	if reason == resetFuture {
 		// Subscribed to skip events the sequence has not reached: subscribe afresh.
 		b.fan.unsubscribe(sub)
-		s.sub, s.at = b.fan.subscribe(topics, 0, onDrop)
+		s.sub, s.at = b.fan.subscribe(sel, 0, onDrop)
 		s.upTo = s.at
 	}
 	if reason != "" {
@@ -218,7 +308,7 @@ func (b *broker) resume(ctx context.Context, s *subscription, seq uint64) (reset
 	case seq < s.upTo:
 		var reason resetReason
 		var err error
-		if s.replay, s.more, reason, err = b.store.Replay(ctx, s.sub.topics, seq, s.upTo); err != nil || reason != "" {
+		if s.replay, s.more, reason, err = b.store.Replay(ctx, &s.sub.selection, seq, s.upTo); err != nil || reason != "" {
 			return reason, err
 		}
 	}
@@ -230,8 +320,8 @@ func (b *broker) resume(ctx context.Context, s *subscription, seq uint64) (reset
 // after up to upTo, or an error if the stream must end and its client resume: the store is
 // unreachable, or the events were forgotten meanwhile (the client's next request learns
 // it with a reset).
-func (b *broker) ReplayMore(ctx context.Context, topics []string, after, upTo uint64) ([]*topicEvent, bool, error) {
-	events, more, reason, err := b.store.Replay(ctx, topics, after, upTo)
+func (b *broker) ReplayMore(ctx context.Context, sel *selection, after, upTo uint64) ([]*topicEvent, bool, error) {
+	events, more, reason, err := b.store.Replay(ctx, sel, after, upTo)
 	if err == nil && reason != "" {
 		err = errors.New("history moved past the replay: reconnect to resume")
 	}

@@ -323,6 +323,9 @@ func TestNATS_AReplicaThatMissedRemovedEventsTellsItsClientsWithAReset(t *testin
 	relay.restore()
 	eventually(t, 20*time.Second, "the replica resynced its clients", func() bool { return metric(t, cutOff.adminURL, "sse_nats_resyncs_total") >= 1 })
 	eventually(t, 20*time.Second, "the client back", func() bool { return metric(t, cutOff.adminURL, "sse_hub_subscribers") == 1 })
+	if ended := metric(t, cutOff.adminURL, `sse_streams_ended_total{reason="resync"}`); ended != 1 {
+		t.Errorf("sse_streams_ended_total{reason=\"resync\"} = %v, want 1: the client's stream", ended)
+	}
 	publish(5)
 	eventually(t, 20*time.Second, "the last event", func() bool {
 		mu.Lock()

@@ -217,7 +217,7 @@ func TestStream_OpenClientIsNotEndedByTheCloseWatch(t *testing.T) {
 		}
 	}
 	d := delta(before, scrape(t, srv.adminURL))
-	for _, reason := range []endReason{endClientGone, endWriteTimeout, endShutdown, endMaxLifetime, endTooSlow, endAuthExpired, endError, endUnavailable} {
+	for _, reason := range []endReason{endClientGone, endWriteTimeout, endShutdown, endMaxLifetime, endTooSlow, endAuthExpired, endError, endUnavailable, endResync} {
 		want := 0.0
 		if reason == endClientGone {
 			want = 1

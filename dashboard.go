@@ -78,7 +78,7 @@ func publishDemo(ctx context.Context, b *broker, topic string, interval time.Dur
 			return
 		case v := <-values:
 			data = v.AppendJSON(data[:0])
-			_, _ = b.Publish(ctx, publication{topic: topic, data: data})
+			_, _ = b.Publish(ctx, publication{topics: []string{topic}, data: data})
 		}
 	}
 }

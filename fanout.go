@@ -6,6 +6,7 @@ package main
 // queue behind is dropped and resumes from history.
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,10 +14,43 @@ import (
 
 // topicEvent is one stored event, framed once: every subscriber is sent the same bytes.
 type topicEvent struct {
-	seq   uint64    // its place in the one sequence of all topics
-	topic string    // the topic it was published to
-	at    time.Time // when it was stored, for the in-memory history's age limit
-	frame []byte    // the whole SSE frame: id:, event: if named, data: lines, blank line
+	seq     uint64    // its place in the one sequence of all topics
+	topics  []string  // the topics it was published to; the first is canonical
+	private bool      // only subscribers whose token may read one of its topics get it
+	id      string    // the id its publisher gave it, or "" for the hub's own
+	at      time.Time // when it was stored, for the in-memory history's age limit
+	frame   []byte    // the whole SSE frame: id:, event: and retry: if set, data: lines, blank line
+}
+
+// selection is what a subscriber reads: events of its exact topics, or of a topic one of its
+// matchers matches, and private events only where reader allows one of their topics.
+type selection struct {
+	topics   []string                   // exact topics, found by lookup
+	matchers []*topicMatcher            // URL Patterns, URI Templates and "*", tried on every event
+	reader   func(topics []string) bool // nil: no private event
+}
+
+// wants reports whether the selection takes ev.
+func (sel *selection) wants(ev *topicEvent) bool {
+	if ev.private && (sel.reader == nil || !sel.reader(ev.topics)) {
+		return false
+	}
+	for _, topic := range ev.topics {
+		if slices.Contains(sel.topics, topic) {
+			return true
+		}
+	}
+	return sel.matchesAny(ev.topics)
+}
+
+// matchesAny reports whether one of the selection's matchers matches one of topics.
+func (sel *selection) matchesAny(topics []string) bool {
+	for _, m := range sel.matchers {
+		if m.matchesAnyOf(topics) {
+			return true
+		}
+	}
+	return false
 }
 
 // dropCause says why the fan-out ended a subscription; its stream ends with the matching
@@ -35,41 +69,59 @@ const (
 // which cuts a write the stream may be blocked in), and the stream ends so that its client
 // resumes from history.
 type subscriber struct {
-	topics  []string
+	selection
 	queue   chan *topicEvent
 	onDrop  func()
 	dropped atomic.Int32 // a dropCause
 	active  bool         // subscribed to its topics; guarded by the fan-out's mu
 	after   uint64       // events up to this sequence number are not queued: its client has them
+	queued  uint64       // the last event queued, so that one reached by two topics is queued once; guarded by mu
 }
 
-// fanout holds this process's subscribers by topic and the sequence number of the last
-// event handed to them.
+// fanout holds this process's subscribers by exact topic, those with matchers grouped by
+// matcher, and the sequence number of the last event handed to them. A publish costs time
+// in proportion to the subscribers it reaches and to the distinct matchers, each tried once
+// per topic it has not seen lately, not to every subscriber.
 type fanout struct {
 	queueLen int
 
+	// observe, if set, sees every event in sequence order, under mu: the Mercure hub's
+	// table of active subscriptions reads its subscription events there.
+	observe func(seq uint64, p *publication)
+
 	mu          sync.Mutex
 	seq         uint64                              // the last event delivered
-	subscribers map[string]map[*subscriber]struct{} // by topic
+	subscribers map[string]map[*subscriber]struct{} // by exact topic
+	patterns    map[string]*matcherGroup            // those with matchers, by matcher
 	subscribed  int
 }
 
 // newFanout returns a fan-out whose subscribers' queues hold queueLen events each, and whose
 // first event comes after sequence number seq.
 func newFanout(queueLen int, seq uint64) *fanout {
-	return &fanout{queueLen: queueLen, seq: seq, subscribers: make(map[string]map[*subscriber]struct{})}
+	return &fanout{queueLen: queueLen, seq: seq, subscribers: make(map[string]map[*subscriber]struct{}),
+		patterns: make(map[string]*matcherGroup)}
 }
 
-// subscribe subscribes to topics (checked, without duplicates) and returns the subscriber
+// subscribe subscribes to sel (checked, topics without duplicates) and returns the subscriber
 // with the sequence number of the last event delivered, under the one lock that deliver
 // takes: every later event reaches the subscriber's queue, no earlier one does, nor any up
 // to after, which its client has already. onDrop is called under that lock if the
 // subscriber is dropped, so it must not block.
-func (f *fanout) subscribe(topics []string, after uint64, onDrop func()) (*subscriber, uint64) {
-	sub := &subscriber{topics: topics, queue: make(chan *topicEvent, f.queueLen), onDrop: onDrop, active: true, after: after}
+func (f *fanout) subscribe(sel selection, after uint64, onDrop func()) (*subscriber, uint64) {
+	sub := &subscriber{selection: sel, queue: make(chan *topicEvent, f.queueLen), onDrop: onDrop, active: true, after: after}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, topic := range topics {
+	for _, m := range sel.matchers {
+		key := m.key()
+		g := f.patterns[key]
+		if g == nil {
+			g = &matcherGroup{m: m, subs: make(map[*subscriber]struct{})}
+			f.patterns[key] = g
+		}
+		g.subs[sub] = struct{}{}
+	}
+	for _, topic := range sel.topics {
 		subs := f.subscribers[topic]
 		if subs == nil {
 			subs = make(map[*subscriber]struct{})
@@ -81,34 +133,47 @@ func (f *fanout) subscribe(topics []string, after uint64, onDrop func()) (*subsc
 	return sub, f.seq
 }
 
-// deliver queues the event numbered seq, of topic, for every subscriber of topic, and drops
-// one whose queue is full. event frames it, called only if someone subscribes to topic, so
-// that no process frames events that none of its clients reads. Events must come in
-// sequence order; one at or below the last delivered is ignored, so none goes out twice. An
-// empty topic, to which no one subscribes, only moves the sequence on.
-func (f *fanout) deliver(seq uint64, topic string, event func() *topicEvent) {
+// deliver queues the event numbered seq that p published for every subscriber that wants it, and
+// drops one whose queue is full. event frames it, called only if someone wants it, so that
+// no process frames events that none of its clients reads. Events must come in sequence
+// order; one at or below the last delivered is ignored, so none goes out twice. An event
+// of no topic, which no one wants, only moves the sequence on.
+func (f *fanout) deliver(seq uint64, p *publication, event func() *topicEvent) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if seq <= f.seq {
 		return
 	}
 	f.seq = seq
-	subs := f.subscribers[topic]
-	if len(subs) == 0 {
-		return
+	if f.observe != nil {
+		f.observe(seq, p)
 	}
+	topics, private := p.topics, p.private
 	var ev *topicEvent
-	for sub := range subs {
-		if seq <= sub.after {
-			continue
+	offer := func(sub *subscriber) {
+		if seq <= sub.after || sub.queued == seq || private && (sub.reader == nil || !sub.reader(topics)) {
+			return
 		}
 		if ev == nil {
 			ev = event()
 		}
+		sub.queued = seq
 		select {
 		case sub.queue <- ev:
 		default:
 			f.drop(sub, dropTooSlow)
+		}
+	}
+	for _, topic := range topics {
+		for sub := range f.subscribers[topic] {
+			offer(sub)
+		}
+	}
+	for _, g := range f.patterns {
+		if g.matchesAny(topics) {
+			for sub := range g.subs {
+				offer(sub)
+			}
 		}
 	}
 }
@@ -120,6 +185,11 @@ func (f *fanout) resync() {
 	defer f.mu.Unlock()
 	for _, subs := range f.subscribers {
 		for sub := range subs {
+			f.drop(sub, dropResync)
+		}
+	}
+	for _, g := range f.patterns {
+		for sub := range g.subs {
 			f.drop(sub, dropResync)
 		}
 	}
@@ -150,6 +220,15 @@ func (f *fanout) remove(sub *subscriber) {
 		return
 	}
 	sub.active = false
+	for _, m := range sub.matchers {
+		key := m.key()
+		if g := f.patterns[key]; g != nil {
+			delete(g.subs, sub)
+			if len(g.subs) == 0 {
+				delete(f.patterns, key)
+			}
+		}
+	}
 	for _, topic := range sub.topics {
 		subs := f.subscribers[topic]
 		delete(subs, sub)
@@ -160,14 +239,40 @@ func (f *fanout) remove(sub *subscriber) {
 	f.subscribed--
 }
 
-// wants reports whether sub subscribed to topic.
-func (sub *subscriber) wants(topic string) bool {
-	for _, t := range sub.topics {
-		if t == topic {
+// matcherGroup is the subscribers that share one matcher: it is tried once per event for
+// all of them, and remembers its answers for the topics it has seen lately.
+type matcherGroup struct {
+	m    *topicMatcher
+	subs map[*subscriber]struct{}
+	seen map[string]bool // topic → whether m matches it; guarded by the fan-out's mu
+}
+
+// maxSeenTopics bounds what a matcher group remembers; past it, it starts afresh.
+const maxSeenTopics = 4096
+
+// matchesAny reports whether g's matcher matches one of topics. Called with the fan-out's mu held.
+func (g *matcherGroup) matchesAny(topics []string) bool {
+	for _, topic := range topics {
+		match, ok := g.seen[topic]
+		if !ok {
+			if g.seen == nil || len(g.seen) >= maxSeenTopics {
+				g.seen = make(map[string]bool)
+			}
+			match = g.m.matches(topic)
+			g.seen[topic] = match
+		}
+		if match {
 			return true
 		}
 	}
 	return false
+}
+
+// last returns the sequence number of the last event delivered.
+func (f *fanout) last() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.seq
 }
 
 // count returns the number of subscribers now, for the metrics.

@@ -34,6 +34,7 @@ type streamConfig struct {
 	History         historyLimits // what the topic hub keeps for clients that resume
 	SubscriberQueue int           // topic events queued for a subscriber before it counts as too slow
 	Auth            authConfig    // the keys, patterns and origins of private topics
+	Mercure         mercureConfig // the hub's URL and who may subscribe, for the Mercure routes
 }
 
 // shutdown is the SSE handler's own done signal. It works the same under any server: the
@@ -70,9 +71,11 @@ type sseHandler struct {
 	cfg     streamConfig
 	logger  *slog.Logger
 	metrics *metrics
-	opening []byte    // the first bytes of every stream: the retry delay and a comment
-	broker  *broker   // where topic events are published and resumed from: memory, or JetStream
-	endLog  *logLimit // bounds the lines that say why a stream ended
+	opening []byte  // the first bytes of every stream: the retry delay and a comment
+	broker  *broker // where topic events are published and resumed from: memory, or JetStream
+	// observer, if set, sees every event the broker stores, in sequence order.
+	observer func(seq uint64, p *publication)
+	endLog   *logLimit // bounds the lines that say why a stream ended
 
 	auth *authorizer // checks the tokens of private topics; nil when every topic is public
 	cors corsPolicy  // the origins whose pages may send credentials
@@ -112,6 +115,13 @@ func handleSSE(cfg streamConfig, logger *slog.Logger) *sseHandler {
 	h.cors = corsPolicy{origins: cfg.Auth.origins}
 	h.stopCtx, h.cancelStop = context.WithCancel(context.Background())
 	return h
+}
+
+// observe has fn see every event the broker stores, in sequence order, under the fan-out's
+// lock: it must be quick. Call it before the handler serves anyone.
+func (h *sseHandler) observe(fn func(seq uint64, p *publication)) {
+	h.observer = fn
+	h.broker.fan.observe = fn
 }
 
 // Shutdown ends every stream, open or to come, and makes every write, under way or to come,
@@ -203,10 +213,30 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "406 not acceptable: /sse only serves text/event-stream", http.StatusNotAcceptable)
 		return
 	}
-	topics, expires, ok := h.topicsOf(w, r)
+	topics, ok := h.topicsOf(w, r)
 	if !ok {
 		return
 	}
+	h.serve(w, r, topics)
+}
+
+// topicRequest is what a topic stream asks for, in the hub's own dialect or Mercure's: what
+// it reads, where it resumes, and when its token expires (never, if zero).
+type topicRequest struct {
+	sel       selection
+	lastID    string
+	hasLastID bool
+	expires   time.Time
+	mercure   bool // no reset event; a Mercure-Last-Event-ID header when the client sent an id
+	// announce, if set, publishes that the subscription started (true) or ended.
+	announce func(active bool)
+}
+
+// serve takes a place among MaxClients for a request already checked, and streams random
+// values (topics nil), or the topic events it asks for, until the client goes, the server
+// shuts down, or the stream reaches MaxLifetime.
+func (h *sseHandler) serve(w http.ResponseWriter, r *http.Request, topics *topicRequest) {
+	header := w.Header()
 	if r.Method == http.MethodHead {
 		setStreamHeaders(header)
 		w.WriteHeader(http.StatusOK)
@@ -256,12 +286,16 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if topics != nil {
 		// The stream runs here, not in subscribe: one frame less on a stack that every open
 		// stream keeps.
-		sub, opening, unavailable := h.subscribe(s, r, topics, expires)
+		sub, opening, unavailable := h.subscribe(s, topics)
 		if unavailable != nil {
 			reason, err = endUnavailable, unavailable
 			return
 		}
 		defer h.unsubscribe(s, sub)
+		if topics.announce != nil {
+			topics.announce(true)
+			defer topics.announce(false)
+		}
 		reason, err = s.run(opening, nil, r.Context().Done())
 		return
 	}
@@ -281,34 +315,36 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	reason, err = s.run(h.opening, client.events, r.Context().Done())
 }
 
-// topicsOf returns the topics r asks for (none for the random stream) and when the token
-// that allows them expires (zero if none does), or answers 400 with the rule a topic breaks,
-// or 401/403 for a private topic, and reports false. A private topic is refused before a
-// place is taken or a byte of stream is sent, and a HEAD gets the same answer, so that a
-// page can learn why its EventSource closed. It is a function of its own so that
-// ServeHTTP's stack frame, which every open stream keeps, stays small.
+// topicsOf returns what r asks for in the hub's own dialect (nil for the random stream), or
+// answers 400 with the rule a topic breaks, or 401/403 for a private topic, and reports
+// false. A private topic is refused before a place is taken or a byte of stream is sent,
+// and a HEAD gets the same answer, so that a page can learn why its EventSource closed. It
+// is a function of its own so that ServeHTTP's stack frame, which every open stream keeps,
+// stays small.
 //
 //go:noinline
-func (h *sseHandler) topicsOf(w http.ResponseWriter, r *http.Request) ([]string, time.Time, bool) {
+func (h *sseHandler) topicsOf(w http.ResponseWriter, r *http.Request) (*topicRequest, bool) {
 	if r.URL.RawQuery == "" {
-		return nil, time.Time{}, true
+		return nil, true
 	}
 	names, ok := r.URL.Query()["topic"]
 	if !ok {
-		return nil, time.Time{}, true
+		return nil, true
 	}
 	topics, err := parseTopics(names)
 	if err != nil {
 		h.metrics.rejected[rejectBadRequest].Inc()
 		http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
-		return nil, time.Time{}, false
+		return nil, false
 	}
 	expires, refused := h.auth.authorizeSubscribe(r, topics)
 	if refused != nil {
 		refuseAuth(w, refused)
-		return nil, time.Time{}, false
+		return nil, false
 	}
-	return topics, expires, true
+	req := &topicRequest{sel: selection{topics: topics}, expires: expires}
+	req.lastID, req.hasLastID = lastEventID(r)
+	return req, true
 }
 
 // subscribe subscribes the topic stream s to topics, from the client's Last-Event-ID if it
@@ -319,17 +355,16 @@ func (h *sseHandler) topicsOf(w http.ResponseWriter, r *http.Request) ([]string,
 // stream has no producer: it waits on its subscription.
 //
 //go:noinline
-func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string, expires time.Time) (*subscriber, []byte, error) {
-	if !expires.IsZero() {
-		s.expiry = time.NewTimer(time.Until(expires))
+func (h *sseHandler) subscribe(s *stream, req *topicRequest) (*subscriber, []byte, error) {
+	if !req.expires.IsZero() {
+		s.expiry = time.NewTimer(time.Until(req.expires))
 		s.authExpired = s.expiry.C
 	}
-	lastID, hasLastID := lastEventID(r)
 	// A subscriber dropped while its client holds a write up gets that write cut at once.
 	rc := s.rc
 	cut := func() { _ = rc.SetWriteDeadline(time.Now()) }
 	ctx, cancel := context.WithTimeout(h.stopCtx, resumeTimeout)
-	sub, err := h.broker.Subscribe(ctx, topics, lastID, hasLastID, cut)
+	sub, err := h.broker.Subscribe(ctx, req.sel, req.lastID, req.hasLastID, cut)
 	cancel()
 	if err != nil {
 		if s.expiry != nil {
@@ -338,12 +373,26 @@ func (h *sseHandler) subscribe(s *stream, r *http.Request, topics []string, expi
 		h.comeBackLater(s, err)
 		return nil, nil, err
 	}
-	h.logger.Debug("client subscribed", "client", s.name, "topics", topics, "last_event_id", lastID, "reset", string(sub.reset))
+	h.logger.Debug("client subscribed", "client", s.name, "topics", req.sel.topics, "matchers", len(req.sel.matchers),
+		"last_event_id", req.lastID, "reset", string(sub.reset))
 	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.broker.metrics
 	s.lastID, s.queuedSeq = sub.at, sub.at
 	if sub.more {
 		s.replayMore = h.replayMore(sub)
 	}
+	if !req.mercure {
+		return sub.sub, h.topicOpening(sub), nil
+	}
+	if !req.hasLastID {
+		return sub.sub, h.topicOpening(sub), nil
+	}
+	// Mercure says where the stream resumed in a header, not with a reset event, and a
+	// client that resumed where it asked keeps its own id.
+	s.w.Header().Set("Mercure-Last-Event-ID", mercureLastEventID(req.lastID, sub))
+	if sub.reset == "" && req.lastID != earliestID {
+		return sub.sub, h.opening, nil
+	}
+	sub.reset = ""
 	return sub.sub, h.topicOpening(sub), nil
 }
 
@@ -353,7 +402,7 @@ func (h *sseHandler) replayMore(sub subscription) func(after uint64) ([]*topicEv
 	return func(after uint64) ([]*topicEvent, bool, error) {
 		ctx, cancel := context.WithTimeout(h.stopCtx, resumeTimeout)
 		defer cancel()
-		return h.broker.ReplayMore(ctx, sub.sub.topics, after, sub.upTo)
+		return h.broker.ReplayMore(ctx, &sub.sub.selection, after, sub.upTo)
 	}
 }
 

@@ -56,6 +56,7 @@ type memoryStore struct {
 	keptBytes int
 	keys      map[string]keyedEvent // by publication.scopedKey
 	keyOrder  []keyAt               // keys in the order they came, to forget the oldest first
+	given     idIndex               // the kept events that their publishers gave an id
 }
 
 // newMemoryBroker returns a broker on an in-memory store with the given history limits,
@@ -68,6 +69,7 @@ func newMemoryBroker(limits historyLimits, queueLen int, m *hubMetrics) *broker 
 		fan:    fan,
 		ring:   make([]*topicEvent, limits.count),
 		keys:   make(map[string]keyedEvent),
+		given:  idIndex{limit: limits.count},
 	}
 	return &broker{store: store, fan: fan, ids: store.ids, metrics: m}
 }
@@ -99,40 +101,68 @@ func (m *memoryStore) Publish(_ context.Context, p publication) (uint64, bool, e
 			return first.seq, true, nil
 		}
 	}
+	if _, taken := m.given.get(p.id); taken {
+		return 0, false, errIDTaken
+	}
 	m.seq++
-	ev := &topicEvent{seq: m.seq, topic: p.topic, at: now, frame: m.ids.frame(m.seq, p.event, p.data)}
-	if key != "" && len(m.ring) > 0 {
-		m.keys[key] = keyedEvent{seq: ev.seq, at: now, digest: digest}
-		m.keyOrder = append(m.keyOrder, keyAt{key, ev.seq})
+	ev := &topicEvent{seq: m.seq, topics: p.topics, private: p.private, id: p.id, at: now, frame: m.ids.frame(m.seq, &p)}
+	if len(m.ring) > 0 {
+		if key != "" {
+			m.keys[key] = keyedEvent{seq: ev.seq, at: now, digest: digest}
+			m.keyOrder = append(m.keyOrder, keyAt{key, ev.seq})
+		}
+		if p.id != "" {
+			m.given.add(p.id, ev.seq)
+		}
 	}
 	m.remember(ev)
-	m.fan.deliver(ev.seq, ev.topic, func() *topicEvent { return ev })
+	m.fan.deliver(ev.seq, &p, func() *topicEvent { return ev })
 	return ev.seq, false, nil
 }
 
-// Replay returns the kept events of topics after sequence after up to upTo. Sequence numbers
-// are consecutive in the ring, so the first one to read is found by subtraction.
-func (m *memoryStore) Replay(_ context.Context, topics []string, after, upTo uint64) ([]*topicEvent, bool, resetReason, error) {
+// Replay returns the kept events that sel wants after sequence after up to upTo. Sequence
+// numbers are consecutive in the ring, so the first one to read is found by subtraction.
+func (m *memoryStore) Replay(_ context.Context, sel *selection, after, upTo uint64) ([]*topicEvent, bool, resetReason, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.forgetExpired(time.Now())
-	// The first event still kept, or the next to come when none is.
-	first := m.seq + 1
-	if m.kept > 0 {
-		first = m.ring[m.head].seq
-	}
+	first := m.oldest()
 	if after+1 < first {
 		return nil, false, resetHistoryGone, nil
 	}
-	sub := subscriber{topics: topics}
 	var events []*topicEvent
 	for seq := after + 1; seq <= upTo; seq++ {
 		ev := m.ring[(m.head+int(seq-first))%len(m.ring)]
-		if sub.wants(ev.topic) {
+		if sel.wants(ev) {
 			events = append(events, ev)
 		}
 	}
 	return events, false, "", nil
+}
+
+// oldest returns the sequence number of the first event kept, or of the next to come when
+// none is. Called with mu held.
+func (m *memoryStore) oldest() uint64 {
+	if m.kept > 0 {
+		return m.ring[m.head].seq
+	}
+	return m.seq + 1
+}
+
+// Oldest returns the sequence number of the first event kept, or of the next to come.
+func (m *memoryStore) Oldest(context.Context) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.forgetExpired(time.Now())
+	return m.oldest(), nil
+}
+
+// Lookup returns the sequence number of the kept event its publisher gave id.
+func (m *memoryStore) Lookup(id string) (uint64, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.forgetExpired(time.Now())
+	return m.given.get(id)
 }
 
 // Newest returns the last sequence number given out.
@@ -190,8 +220,9 @@ func (m *memoryStore) keyKept(k keyedEvent, now time.Time) bool {
 	return m.kept > 0 && k.seq >= m.ring[m.head].seq && now.Sub(k.at) < keyWindow
 }
 
-// forgetOldest drops the oldest event from the history. Called with mu held.
+// forgetOldest drops the oldest event from the history, and its id. Called with mu held.
 func (m *memoryStore) forgetOldest() {
+	m.given.forgetBefore(m.ring[m.head].seq + 1)
 	m.keptBytes -= len(m.ring[m.head].frame)
 	m.ring[m.head] = nil
 	m.head = (m.head + 1) % len(m.ring)

@@ -80,7 +80,7 @@ func newMetrics(open func() float64, writeTimeout time.Duration) *metrics {
 	}, []string{"reason"})
 	reg.MustRegister(ended)
 	m.ended = make(map[endReason]prometheus.Counter)
-	for _, r := range []endReason{endClientGone, endWriteTimeout, endShutdown, endMaxLifetime, endTooSlow, endAuthExpired, endError, endUnavailable} {
+	for _, r := range []endReason{endClientGone, endWriteTimeout, endShutdown, endMaxLifetime, endTooSlow, endAuthExpired, endError, endUnavailable, endResync} {
 		m.ended[r] = ended.WithLabelValues(string(r))
 	}
 	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -112,9 +113,30 @@ func subjectTopic(prefix, subject string) (string, bool) {
 	return topic, true
 }
 
-// headerEvent is the NATS message header that carries the SSE event type; a message without
-// it is an SSE message (onmessage).
-const headerEvent = "SSE-Event"
+// The NATS message headers that carry what the subject does not: the SSE event type (a
+// message without it is an SSE message, for onmessage), the retry, the id its publisher gave
+// it, whether it is private, and its topics when they are not one topic name of the hub's
+// own alphabet.
+const (
+	headerEvent   = "SSE-Event"
+	headerRetry   = "SSE-Retry"
+	headerID      = "SSE-Id"
+	headerPrivate = "SSE-Private"
+	headerTopic   = "SSE-Topic"
+)
+
+// manyTopics is the subject token of the events whose topics are listed in SSE-Topic
+// headers: "_" is in no topic name of the hub's alphabet, so no topic's subject is this one.
+const manyTopics = "_m"
+
+// subjectOf returns the subject an event of topics is stored under: its topic's, for one
+// topic name of the hub's own alphabet (what /publish sends), else the one for many topics.
+func subjectOf(prefix string, topics []string) string {
+	if len(topics) == 1 && checkTopic(topics[0]) == nil {
+		return topicSubject(prefix, topics[0])
+	}
+	return prefix + "." + manyTopics
+}
 
 // Times the broker waits for NATS.
 const (
@@ -142,13 +164,18 @@ type natsStore struct {
 
 	disconnectedAt atomic.Int64 // Unix ns of the last disconnect, 0 while connected
 	delivered      atomic.Uint64
+
+	mu    sync.Mutex
+	given idIndex // the events that their publishers gave an id, by that id
 }
 
 // startNATS connects to the NATS servers of cfg, creates or updates the stream with the
 // history limits, and returns a broker on it whose fan-out starts after the stream's last
 // event, fed by one consumer, and a function that stops it. Subscribers' queues hold
-// queueLen events each; the broker counts in hm, and the store's metrics go to reg.
-func startNATS(ctx context.Context, cfg natsConfig, history historyLimits, queueLen int, hm *hubMetrics, reg *prometheus.Registry, logger *slog.Logger) (*broker, func(), error) {
+// queueLen events each, and observe (if not nil) sees every event in sequence order; the
+// broker counts in hm, and the store's metrics go to reg.
+func startNATS(ctx context.Context, cfg natsConfig, history historyLimits, queueLen int, hm *hubMetrics,
+	observe func(uint64, *publication), reg *prometheus.Registry, logger *slog.Logger) (*broker, func(), error) {
 	b := &natsStore{
 		name:    streamName(cfg.prefix),
 		prefix:  cfg.prefix,
@@ -175,7 +202,13 @@ func startNATS(ctx context.Context, cfg natsConfig, history historyLimits, queue
 		return nil, nil, fmt.Errorf("create or update the stream %s at %s: %w", b.name, servers, err)
 	}
 	b.ids = eventIDs{epoch: streamEpoch(info.Created)}
+	b.given.limit = history.count
+	if err := b.indexIDs(ctx, info.State.LastSeq); err != nil {
+		b.nc.Close()
+		return nil, nil, err
+	}
 	b.fan = newFanout(queueLen, info.State.LastSeq)
+	b.fan.observe = observe
 	b.delivered.Store(info.State.LastSeq)
 	var consuming context.Context
 	consuming, b.stopConsuming = context.WithCancel(context.Background())
@@ -425,50 +458,76 @@ func (b *natsStore) removeConsumer(cons jetstream.Consumer) {
 }
 
 // deliver hands one message of the stream to the fan-out, which frames it only if a local
-// subscriber wants its topic. A message on no topic's subject, or with an event type a
-// publisher may not use, moves the sequence on and reaches no one.
+// subscriber wants it, and notes the id its publisher gave it. A message that is no topic
+// event (a subject of no topic, a refused event type) moves the sequence on and reaches no one.
 func (b *natsStore) deliver(msg jetstream.Msg, meta *jetstream.MsgMetadata) {
 	seq := meta.Sequence.Stream
-	topic, event, ok := b.topicOf(msg)
+	p, ok := b.decode(msg.Subject(), msg.Headers(), msg.Data())
 	if !ok {
 		b.m.skipped.Inc()
 	}
-	b.fan.deliver(seq, topic, func() *topicEvent {
-		return &topicEvent{seq: seq, topic: topic, at: meta.Timestamp, frame: b.ids.frame(seq, event, msg.Data())}
+	if p.id != "" {
+		b.mu.Lock()
+		b.given.add(p.id, seq)
+		b.mu.Unlock()
+	}
+	b.fan.deliver(seq, &p, func() *topicEvent {
+		return &topicEvent{seq: seq, topics: p.topics, private: p.private, id: p.id, at: meta.Timestamp, frame: b.ids.frame(seq, &p)}
 	})
 	b.delivered.Store(seq)
 }
 
-// topicOf returns the topic and event type of msg, or false if msg is no topic event.
-func (b *natsStore) topicOf(msg jetstream.Msg) (topic, event string, ok bool) {
-	topic, ok = subjectTopic(b.prefix, msg.Subject())
-	if !ok {
-		return "", "", false
+// decode returns the event a message of the stream carries, or false if it carries none.
+func (b *natsStore) decode(subject string, header nats.Header, data []byte) (publication, bool) {
+	p := publication{data: data, event: header.Get(headerEvent), retry: header.Get(headerRetry),
+		id: header.Get(headerID), private: header.Get(headerPrivate) != ""}
+	if subject == b.prefix+"."+manyTopics {
+		p.topics = header.Values(headerTopic)
+	} else if topic, ok := subjectTopic(b.prefix, subject); ok {
+		p.topics = []string{topic}
 	}
-	event = msg.Headers().Get(headerEvent)
-	if checkEventName(event) != nil {
-		return "", "", false
+	if len(p.topics) == 0 || checkEventType(p.event) != nil {
+		return publication{}, false
 	}
-	return topic, event, true
+	return p, true
 }
 
 // Publish publishes p to the stream and returns its sequence number once JetStream has
 // acknowledged it, stored on as many servers as the stream has replicas. With a key,
 // JetStream stores a retry within the stream's duplicate window once and answers with the
 // first one's number; the first one is read back, and a key reused for another event is
-// refused. While disconnected it fails at once: nothing is buffered.
+// refused. An id its publisher gives is deduplicated the same way, across replicas. While
+// disconnected it fails at once: nothing is buffered.
 func (b *natsStore) Publish(ctx context.Context, p publication) (uint64, bool, error) {
 	if err := b.connected(); err != nil {
 		b.m.publishFailures.Inc()
 		return 0, false, err
 	}
-	msg := &nats.Msg{Subject: topicSubject(b.prefix, p.topic), Data: p.data}
-	if p.event != "" {
-		msg.Header = nats.Header{headerEvent: {p.event}}
+	b.mu.Lock()
+	_, taken := b.given.get(p.id)
+	b.mu.Unlock()
+	if p.id != "" && taken {
+		return 0, false, errIDTaken
+	}
+	msg := &nats.Msg{Subject: subjectOf(b.prefix, p.topics), Data: p.data, Header: nats.Header{}}
+	for name, value := range map[string]string{headerEvent: p.event, headerRetry: p.retry, headerID: p.id} {
+		if value != "" {
+			msg.Header.Set(name, value)
+		}
+	}
+	if p.private {
+		msg.Header.Set(headerPrivate, "1")
+	}
+	if msg.Subject == b.prefix+"."+manyTopics {
+		msg.Header[headerTopic] = p.topics
 	}
 	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(b.name)}
-	if p.key != "" {
-		opts = append(opts, jetstream.WithMsgID(p.scopedKey()))
+	keyed := p
+	if keyed.key == "" && p.id != "" {
+		keyed.key, keyed.publisher = "id\x00"+p.id, ""
+	}
+	if keyed.key != "" {
+		opts = append(opts, jetstream.WithMsgID(keyed.scopedKey()))
 	}
 	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
@@ -479,6 +538,9 @@ func (b *natsStore) Publish(ctx context.Context, p publication) (uint64, bool, e
 	}
 	if ack.Duplicate {
 		if err := b.sameEvent(ctx, ack.Sequence, p); err != nil {
+			if p.key == "" {
+				err = errIDTaken
+			}
 			return 0, false, err
 		}
 	}
@@ -486,8 +548,8 @@ func (b *natsStore) Publish(ctx context.Context, p publication) (uint64, bool, e
 }
 
 // sameEvent reports errKeyReused unless the stored event seq, the first publish under p's
-// key, carries p's topic, type and data. An event that limits removed since cannot be
-// compared, and counts as the same.
+// key, is the event p publishes. An event that limits removed since cannot be compared, and
+// counts as the same.
 func (b *natsStore) sameEvent(ctx context.Context, seq uint64, p publication) error {
 	stored, err := b.stream.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -496,9 +558,7 @@ func (b *natsStore) sameEvent(ctx context.Context, seq uint64, p publication) er
 	if err != nil {
 		return fmt.Errorf("%w: read the first publish under this key: %v", errBrokerUnavailable, err)
 	}
-	first := publication{data: stored.Data}
-	first.topic, _ = subjectTopic(b.prefix, stored.Subject)
-	first.event = stored.Header.Get(headerEvent)
+	first, _ := b.decode(stored.Subject, stored.Header, stored.Data)
 	if first.digest() != p.digest() {
 		return errKeyReused
 	}
@@ -547,7 +607,7 @@ func firstKept(state jetstream.StreamState) uint64 {
 // filtered to their subjects, after a turn among the replays under way. The stream's first
 // event is checked before the consumer is made, once it exists, and once it is read: limits
 // that removed an event meanwhile give resetHistoryGone, never a replay with a hole.
-func (b *natsStore) Replay(ctx context.Context, topics []string, after, upTo uint64) ([]*topicEvent, bool, resetReason, error) {
+func (b *natsStore) Replay(ctx context.Context, sel *selection, after, upTo uint64) ([]*topicEvent, bool, resetReason, error) {
 	if err := b.connected(); err != nil {
 		return nil, false, "", err
 	}
@@ -562,7 +622,7 @@ func (b *natsStore) Replay(ctx context.Context, topics []string, after, upTo uin
 	if after+1 < firstKept(state) {
 		return nil, false, resetHistoryGone, nil
 	}
-	events, more, unread, err := b.replay(ctx, topics, after, upTo)
+	events, more, unread, err := b.replay(ctx, sel, after, upTo)
 	if err != nil {
 		return nil, false, "", fmt.Errorf("%w: replay history: %v", errBrokerUnavailable, err)
 	}
@@ -598,19 +658,15 @@ func (b *natsStore) giveTurn() {
 	<-b.replays
 }
 
-// replay reads the events of topics after sequence after up to upTo, or about
-// maxReplayChunk bytes of them with more set, with a consumer filtered to their subjects (in
-// memory, no acks, deliveries checked for gaps), removed in the background once read. It
-// also returns unread: the first sequence number from which on the consumer may have
-// skipped an event of topics, had limits removed it before the consumer reached it; every
-// event before unread was read.
-func (b *natsStore) replay(ctx context.Context, topics []string, after, upTo uint64) (events []*topicEvent, more bool, unread uint64, err error) {
+// replay reads the events sel wants after sequence after up to upTo, or about
+// maxReplayChunk bytes of them with more set, with a consumer filtered to the subjects they
+// may be stored under (in memory, no acks, deliveries checked for gaps), removed in the
+// background once read. It also returns unread: the first sequence number from which on the
+// consumer may have skipped an event sel wants, had limits removed it before the consumer
+// reached it; every event before unread was read.
+func (b *natsStore) replay(ctx context.Context, sel *selection, after, upTo uint64) (events []*topicEvent, more bool, unread uint64, err error) {
 	b.m.replays.Inc()
-	subjects := make([]string, len(topics))
-	for i, topic := range topics {
-		subjects[i] = topicSubject(b.prefix, topic)
-	}
-	cons, err := b.openConsumer(ctx, after+1, subjects, replayIdle)
+	cons, err := b.openConsumer(ctx, after+1, b.subjectsOf(sel), replayIdle)
 	if err != nil {
 		return nil, false, 0, err
 	}
@@ -661,10 +717,13 @@ func (b *natsStore) replay(ctx context.Context, topics []string, after, upTo uin
 		}
 		skipped(seq)
 		read = seq
-		if topic, event, ok := b.topicOf(msg); ok {
-			ev := &topicEvent{seq: seq, topic: topic, at: meta.Timestamp, frame: b.ids.frame(seq, event, msg.Data())}
-			events = append(events, ev)
-			size += len(ev.frame)
+		if p, ok := b.decode(msg.Subject(), msg.Headers(), msg.Data()); ok {
+			ev := &topicEvent{seq: seq, topics: p.topics, private: p.private, id: p.id, at: meta.Timestamp}
+			if sel.wants(ev) {
+				ev.frame = b.ids.frame(seq, &p)
+				events = append(events, ev)
+				size += len(ev.frame)
+			}
 		}
 		switch {
 		case seq == upTo:
@@ -674,6 +733,85 @@ func (b *natsStore) replay(ctx context.Context, topics []string, after, upTo uin
 			return events, false, 0, nil
 		case size >= maxReplayChunk:
 			return events, true, 0, nil
+		}
+	}
+}
+
+// subjectsOf returns the subjects that the events sel wants may be stored under: those of
+// its topics of the hub's own alphabet and the one of many topics, or all (nil) when it
+// has matchers.
+func (b *natsStore) subjectsOf(sel *selection) []string {
+	if len(sel.matchers) > 0 {
+		return nil
+	}
+	subjects := []string{b.prefix + "." + manyTopics}
+	for _, topic := range sel.topics {
+		if checkTopic(topic) == nil {
+			subjects = append(subjects, topicSubject(b.prefix, topic))
+		}
+	}
+	return subjects
+}
+
+// Oldest reads the sequence number of the stream's first event, or of the next to come.
+func (b *natsStore) Oldest(ctx context.Context) (uint64, error) {
+	state, err := b.state(ctx)
+	return firstKept(state), err
+}
+
+// Lookup returns the sequence number of the event its publisher gave id, if this replica has
+// seen it since it started, or in the history it read then.
+func (b *natsStore) Lookup(id string) (uint64, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.given.get(id)
+}
+
+// indexIDs reads the headers of the stream's events up to last and notes the ids their
+// publishers gave them, so that a client may resume after one of them on any replica.
+func (b *natsStore) indexIDs(ctx context.Context, last uint64) error {
+	if last == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, streamSetupTimeout)
+	defer cancel()
+	cons, err := b.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Description:       "sse-dashboard ids",
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		HeadersOnly:       true,
+		MemoryStorage:     true,
+		Replicas:          1,
+		InactiveThreshold: replayIdle,
+	})
+	if err != nil {
+		return fmt.Errorf("read the ids of the history: %w", err)
+	}
+	defer b.removeConsumer(cons)
+	if cons.CachedInfo().NumPending == 0 {
+		return nil
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(500))
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return fmt.Errorf("read the ids of the history: %w", err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return err
+		}
+		if id := msg.Headers().Get(headerID); id != "" {
+			b.mu.Lock()
+			b.given.add(id, meta.Sequence.Stream)
+			b.mu.Unlock()
+		}
+		if meta.Sequence.Stream >= last || meta.NumPending == 0 {
+			return nil
 		}
 	}
 }

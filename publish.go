@@ -94,7 +94,7 @@ func handlePublish(b *broker, token string, auth *authorizer) http.Handler {
 			http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		p := publication{topic: topic, event: event, data: data, key: key, publisher: publisherOf(token, claims)}
+		p := publication{topics: []string{topic}, event: event, data: data, key: key, publisher: publisherOf(token, claims)}
 		id, err := b.Publish(r.Context(), p)
 		if errors.Is(err, errKeyReused) {
 			http.Error(w, "422 unprocessable content: "+err.Error(), http.StatusUnprocessableEntity)
@@ -216,6 +216,12 @@ func checkEventName(name string) error {
 	if err := checkName("an event type", name, maxEventName); err != nil {
 		return err
 	}
+	return checkReservedEvent(name)
+}
+
+// checkReservedEvent refuses the event types that EventSource or this hub sends by itself,
+// in any case, so that no publisher's event passes for one of them.
+func checkReservedEvent(name string) error {
 	for _, reserved := range reservedEvents {
 		switch {
 		case name == reserved:

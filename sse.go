@@ -29,6 +29,12 @@ func appendEvent(dst []byte, id uint64, data []byte) []byte {
 // event: line when event is empty, so that onmessage receives it. id and event must be one
 // line each; data is split into lines as appendEvent does.
 func appendNamedEvent(dst, id []byte, event string, data []byte) []byte {
+	return appendData(appendFields(dst, id, event, ""), data)
+}
+
+// appendFields appends the fields of an event that come before its data: id:, then event:
+// and retry: unless empty. Each must be one line; retry must be digits.
+func appendFields(dst, id []byte, event, retry string) []byte {
 	dst = append(dst, "id: "...)
 	dst = append(dst, id...)
 	dst = append(dst, '\n')
@@ -37,7 +43,12 @@ func appendNamedEvent(dst, id []byte, event string, data []byte) []byte {
 		dst = append(dst, event...)
 		dst = append(dst, '\n')
 	}
-	return appendData(dst, data)
+	if retry != "" {
+		dst = append(dst, "retry: "...)
+		dst = append(dst, retry...)
+		dst = append(dst, '\n')
+	}
+	return dst
 }
 
 // appendData appends data as data: lines and the blank line that ends the event. Every line

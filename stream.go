@@ -172,6 +172,21 @@ func (s *stream) sayComeBack(comment string) {
 	s.buf = s.buf[:0]
 }
 
+// authExpiredData is the data of the auth-expired event that ends a stream whose token
+// expired.
+const authExpiredData = `{"reason":"token_expired"}`
+
+// sayAuthExpired tells a topic stream's client that its token has expired: a retry: with
+// the usual delay, then an auth-expired event without an id, so that the page can get a
+// fresh token or cookie and reconnect with the Last-Event-ID of its last event.
+func (s *stream) sayAuthExpired() {
+	s.buf = appendRetry(s.buf[:0], s.cfg.Retry, "token expired")
+	s.buf = append(s.buf, "event: auth-expired\n"...)
+	s.buf = appendData(s.buf, []byte(authExpiredData))
+	_ = s.write(s.buf) // the stream ends either way
+	s.buf = s.buf[:0]
+}
+
 // maxReplayWrite is how many bytes of replayed events go out in one write: enough to
 // amortise the flush, small enough that a long replay does not hold a huge buffer.
 const maxReplayWrite = 32 << 10
