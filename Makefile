@@ -34,7 +34,7 @@ test: lint ## vet, every test with the race detector, then a short fuzz run
 	$(GO) test -count=1 -run '^TestHub_ThousandSubscribersCutAtRandomLoseNothing$$' .
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5000x
 
-fuzz: ## fuzz the frame writer, the Last-Event-ID parser, Accept's weights and list, the publish body, topic patterns and token extraction (FUZZTIME=1m)
+fuzz: ## fuzz the frame writer, the Last-Event-ID parser, Accept's weights and list, the publish body, topic patterns, token extraction, Mercure's matchers, publish form and token claims (FUZZTIME=1m)
 	$(GO) test -run '^$$' -fuzz '^FuzzAppendEvent$$' -fuzztime $(or $(FUZZTIME),1m) .
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLastEventID$$' -fuzztime $(or $(FUZZTIME),1m) .
 	$(GO) test -run '^$$' -fuzz '^FuzzParseQValue$$' -fuzztime $(or $(FUZZTIME),1m) .
@@ -42,6 +42,9 @@ fuzz: ## fuzz the frame writer, the Last-Event-ID parser, Accept's weights and l
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePublish$$' -fuzztime $(or $(FUZZTIME),1m) .
 	$(GO) test -run '^$$' -fuzz '^FuzzMatchTopic$$' -fuzztime $(or $(FUZZTIME),1m) .
 	$(GO) test -run '^$$' -fuzz '^FuzzTokenFrom$$' -fuzztime $(or $(FUZZTIME),1m) .
+	$(GO) test -run '^$$' -fuzz '^FuzzTopicMatcher$$' -fuzztime $(or $(FUZZTIME),1m) .
+	$(GO) test -run '^$$' -fuzz '^FuzzMercurePublishForm$$' -fuzztime $(or $(FUZZTIME),1m) .
+	$(GO) test -run '^$$' -fuzz '^FuzzMercureClaims$$' -fuzztime $(or $(FUZZTIME),1m) .
 
 soak: ## the long fault scenarios, with a table of what they left behind
 	$(GO) test -count=1 -timeout 20m -run '^Test(Fault|Hostile)_' -v . -soak | grep -Ev '^(=== RUN|--- PASS|    --- PASS)'
@@ -57,7 +60,7 @@ lint: ## gofmt, go vet and staticcheck
 
 # The symbols and DWARF stay in the test binary: BenchmarkStreams and BenchmarkFanout read
 # the servers' goroutine stacks with them.
-bench: ## three servers side by side, thousands of streams, 10k subscribers of one topic (minutes), then the frame writer, one stream, one topic stream public and private, and a token verified
+bench: ## three servers side by side, thousands of streams, 10k subscribers of one topic (minutes), then the frame writer, one stream, one topic stream public and private, a token verified, and Mercure's matching
 	$(GO) test -count=1 -timeout 20m -ldflags='-s=false -w=false' -run '^$$' -bench '^BenchmarkStreams$$' -benchtime 1x .
 	$(GO) test -count=1 -timeout 10m -ldflags='-s=false -w=false' -run '^$$' -bench '^BenchmarkFanout$$' -benchtime 1x .
-	$(GO) test -count=1 -run '^$$' -bench '^Benchmark(WriteEvent|Stream|TopicStream|VerifyToken)$$' -benchmem .
+	$(GO) test -count=1 -run '^$$' -bench '^Benchmark(WriteEvent|Stream|TopicStream|VerifyToken|MercureFanout)$$' -benchmem .

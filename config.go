@@ -85,6 +85,9 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.StringVar(&cfg.stream.Auth.issuer, "jwt-issuer", "", "a token for a private topic must have this iss claim (empty = not checked)")
 	fs.StringVar(&cfg.stream.Auth.cookie, "jwt-cookie", "sse_token", "cookie that carries a token, after Authorization: Bearer and before ?access_token=")
 	fs.StringVar(&cfg.publicTopics, "public-topics", "", "comma-separated topic patterns (news,prices/*,public/**) that need no token when a JWT key is set")
+	fs.StringVar(&cfg.stream.Mercure.hubURL, "mercure-url", "http://localhost:3000"+mercurePath, "the hub's URL as publishers and subscribers reach it: what the page advertises, what relative Mercure topics resolve against, and the audience of Mercure 1.0 tokens")
+	fs.BoolVar(&cfg.stream.Mercure.subscriptions, "mercure-subscriptions", false, "publish a Mercure update of type mercure when a Mercure subscription starts or ends, and serve the subscription API under "+mercurePath+"/subscriptions")
+	fs.BoolVar(&cfg.stream.Mercure.anonymous, "mercure-anonymous", true, "Mercure subscribers without a token get public updates (false: every Mercure subscriber needs a token)")
 	fs.StringVar(&cfg.allowedOrigins, "allowed-origins", "", "comma-separated origins (https://app.example) whose pages may read /sse with credentials (EventSource withCredentials: a cookie); others get Access-Control-Allow-Origin: *")
 	fs.StringVar(&cfg.nats.urls, "nats", "", "comma-separated NATS server URLs (nats://127.0.0.1:4222): topics and their history live in one JetStream stream shared by every replica (empty = the in-process hub)")
 	fs.StringVar(&cfg.nats.prefix, "nats-prefix", "sse", "subject prefix of the stream: topic orders/42 is subject <prefix>.orders/42; the stream is named after it")
@@ -251,6 +254,9 @@ func (cfg config) validate() error {
 	}
 	if err := cfg.nats.validate(cfg.stream.History); err != nil {
 		return err
+	}
+	if err := checkHubURL(cfg.stream.Mercure.hubURL); err != nil {
+		return fmt.Errorf("invalid -mercure-url %q: %w", cfg.stream.Mercure.hubURL, err)
 	}
 	if cfg.demoTopic != "" {
 		if err := checkTopic(cfg.demoTopic); err != nil {

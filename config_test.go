@@ -140,7 +140,8 @@ func TestConfig_EnvironmentFallbacks(t *testing.T) {
 				stream: streamConfig{Interval: time.Second, Keepalive: 15 * time.Second, Retry: 3 * time.Second,
 					RetrySpread: 3 * time.Second, WriteTimeout: 10 * time.Second, Buffer: 10, MaxClients: 10000, LogRate: 50,
 					History: historyLimits{count: 10000, age: 5 * time.Minute, bytes: 64 << 20}, SubscriberQueue: 128,
-					Auth: authConfig{cookie: "sse_token"}},
+					Auth:    authConfig{cookie: "sse_token"},
+					Mercure: mercureConfig{hubURL: "http://localhost:3000" + mercurePath, anonymous: true}},
 				nats: natsConfig{prefix: "sse", replicas: 1, replays: 32},
 			})
 		}},

@@ -649,22 +649,7 @@ type npmClient struct {
 func startNPMClient(t *testing.T, url string, events int, env ...string) *npmClient {
 	t.Helper()
 	node := requireTool(t, "", "node", "nodejs")
-	npm := requireTool(t, "", "npm", "npm")
-	dir := t.TempDir()
-	for _, name := range []string{"package.json", "package-lock.json", "client.mjs"} {
-		body, err := os.ReadFile(filepath.Join("testdata", "eventsource", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), body, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	install := exec.Command(npm, "ci", "--no-audit", "--no-fund", "--loglevel=error")
-	install.Dir = dir
-	if out, err := install.CombinedOutput(); err != nil {
-		t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
-	}
+	dir := npmInstall(t, "eventsource", "package.json", "package-lock.json", "client.mjs")
 	cmd := exec.Command(node, "client.mjs", url, strconv.Itoa(events))
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
@@ -676,6 +661,29 @@ func startNPMClient(t *testing.T, url string, events int, env ...string) *npmCli
 	go func() { c.exited <- cmd.Wait() }()
 	t.Cleanup(func() { cmd.Process.Kill() })
 	return c
+}
+
+// npmInstall copies files from testdata/name into a temporary directory, installs the npm
+// packages its package-lock.json names there, and returns the directory.
+func npmInstall(t *testing.T, name string, files ...string) string {
+	t.Helper()
+	npm := requireTool(t, "", "npm", "npm")
+	dir := t.TempDir()
+	for _, file := range files {
+		body, err := os.ReadFile(filepath.Join("testdata", name, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, file), body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install := exec.Command(npm, "ci", "--no-audit", "--no-fund", "--loglevel=error")
+	install.Dir = dir
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
+	}
+	return dir
 }
 
 // expect waits for the client to exit after its events, then fails the test unless it printed

@@ -80,7 +80,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	app, streams := newApp(cfg, logger, &ready)
 	if cfg.nats.urls != "" {
 		nb, closeNATS, err := startNATS(ctx, cfg.nats, cfg.stream.History, cfg.stream.SubscriberQueue,
-			streams.broker.metrics, streams.metrics.registry, logger)
+			streams.broker.metrics, streams.observer, streams.metrics.registry, logger)
 		if err != nil {
 			return err
 		}
@@ -198,9 +198,10 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 		ReadTimeout:           cfg.readTimeout,
 		IdleTimeout:           cfg.idleTimeout,
 		ErrorHandler:          handleError(logger),
-		// No route takes a body: one announced over the limit gets 413 before a byte of
-		// it is read or allocated.
-		BodyLimit: cfg.bodyLimit,
+		// Only a Mercure publish takes a body: one announced over the limit gets 413
+		// before a byte of it is read or allocated, and limitBodies holds every other
+		// route to -body-limit.
+		BodyLimit: max(cfg.bodyLimit, maxMercurePublish),
 		// The read buffer bounds the request line and headers together.
 		ReadBufferSize: cfg.maxHeaderBytes,
 		// A stream only writes, and its events are small: let go of the read buffer once
@@ -208,28 +209,37 @@ func newApp(cfg config, logger *slog.Logger, ready *atomic.Bool) (*fiber.App, *s
 		ReduceMemoryUsage: true,
 		WriteBufferSize:   1024,
 	})
-	app.Use(fiberrecover.New(), rejectUnknownVersions, rejectAmbiguousPaths)
+	app.Use(fiberrecover.New(), rejectUnknownVersions, rejectAmbiguousPaths, limitBodies(cfg.bodyLimit))
 
 	streams := handleSSE(cfg.stream, logger)
-	page := handlePage(pageOrigins(cfg.pageSources))
+	mercure := newMercureHub(streams, cfg.stream.Mercure)
+	page := handlePage(pageOrigins(cfg.pageSources), mercure.discoveryLink())
 
 	app.Get("/", page)
 	app.Get("/app.js", page)
 	app.Get("/style.css", page)
 	app.Get("/sse", offWorker(adaptor.HTTPHandler(recoverStream(streams, logger))))
-	app.Options("/sse", handlePreflight(streams.cors))
+	app.Options("/sse", handlePreflight(streams.cors, "GET, HEAD, OPTIONS"))
+	hub := offWorker(adaptor.HTTPHandler(recoverStream(mercure, logger)))
+	app.Get(mercurePath, hub)
+	app.Post(mercurePath, hub)
+	app.Options(mercurePath, handlePreflight(streams.cors, "GET, HEAD, POST, OPTIONS"))
+	subscriptions := adaptor.HTTPHandlerFunc(mercure.serveSubscriptions)
+	app.Get(mercurePath+"/subscriptions", subscriptions)
+	app.Get(mercurePath+"/subscriptions/*", subscriptions)
 	app.Get("/healthz", handleHealth(streams))
 	app.Get("/readyz", handleReady(ready, streams))
 	return app, streams
 }
 
-// handlePreflight answers a CORS preflight for /sse from any origin, with the same origin
-// and credentials answer as the stream itself (cors). EventSource sends none, but
-// fetch-based SSE clients that set Last-Event-ID or Authorization do.
-func handlePreflight(cors corsPolicy) fiber.Handler {
+// handlePreflight answers a CORS preflight for a stream route from any origin, allowing
+// methods, with the same origin and credentials answer as the route itself (cors).
+// EventSource sends none, but fetch-based SSE clients that set Last-Event-ID or
+// Authorization do, and so do pages that publish to the Mercure hub.
+func handlePreflight(cors corsPolicy, methods string) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		cors.apply(c.Get(fiber.HeaderOrigin), func(key, value string) { c.Set(key, value) })
-		c.Set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+		c.Set("Access-Control-Allow-Methods", methods)
 		c.Set("Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control, Content-Type, Accept, Authorization")
 		c.Set("Access-Control-Max-Age", "86400")
 		return c.SendStatus(fiber.StatusNoContent)

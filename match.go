@@ -99,18 +99,40 @@ func (m *topicMatcher) exactTopic() (string, bool) {
 	return m.pattern, m.typ == matchExact && !m.all
 }
 
+// key returns what identifies m among matchers: its type and pattern.
+func (m *topicMatcher) key() string {
+	return m.typ + "\x00" + m.pattern
+}
+
 // matches reports whether m matches topic. A topic that a URL Pattern cannot parse as a URL,
 // even against the hub's URL, does not match it.
 func (m *topicMatcher) matches(topic string) bool {
 	switch {
 	case m.all:
 		return true
+	case m.url != nil && hasScheme(topic):
+		return m.url.Test(topic, "") // absolute: the base would be parsed for nothing
 	case m.url != nil:
 		return m.url.Test(topic, m.base)
 	case m.tmpl != nil:
 		return m.tmpl.Regexp().MatchString(topic)
 	}
 	return m.pattern == topic
+}
+
+// hasScheme reports whether topic starts with a URL scheme and a colon, as an absolute URL does.
+func hasScheme(topic string) bool {
+	for i := 0; i < len(topic); i++ {
+		c := topic[i]
+		switch {
+		case c == ':':
+			return i > 0
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 // matchesAnyOf reports whether m matches at least one of topics.

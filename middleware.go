@@ -53,16 +53,31 @@ func rejectUnknownVersions(c *fiber.Ctx) error {
 
 // rejectAmbiguousPaths answers 400 to a path with dot segments, encoded slashes, dots or
 // backslashes. Only scanners send them, and serving what they normalise to would hide
-// what was asked for.
+// what was asked for. Under the Mercure subscription API, whose path segments are
+// percent-encoded topics and matchers, only dot segments and backslashes are refused.
 func rejectAmbiguousPaths(c *fiber.Ctx) error {
 	target, _, _ := strings.Cut(string(c.Request().Header.RequestURI()), "?")
 	lower := strings.ToLower(target)
-	if strings.Contains(target+"/", "/../") || strings.Contains(target+"/", "/./") || strings.ContainsRune(target, '\\') ||
-		strings.Contains(lower, "%2f") || strings.Contains(lower, "%2e") || strings.Contains(lower, "%5c") {
+	encoded := !strings.HasPrefix(target, mercurePath+"/subscriptions/") &&
+		(strings.Contains(lower, "%2f") || strings.Contains(lower, "%2e") || strings.Contains(lower, "%5c"))
+	if strings.Contains(target+"/", "/../") || strings.Contains(target+"/", "/./") || strings.ContainsRune(target, '\\') || encoded {
 		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
 		return c.Status(fiber.StatusBadRequest).SendString("400 bad request: path has dot segments or encoded separators\n")
 	}
 	return c.Next()
+}
+
+// limitBodies answers 413 to a request that announces a body over limit, unless it publishes
+// to the Mercure hub, whose forms may be longer (up to maxMercurePublish, which the server
+// holds every request to).
+func limitBodies(limit int) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		if c.Request().Header.ContentLength() > limit && (c.Method() != fiber.MethodPost || c.Path() != mercurePath) {
+			c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
+			return c.Status(fiber.StatusRequestEntityTooLarge).SendString("413 content too large\n")
+		}
+		return c.Next()
+	}
 }
 
 // handleError answers every failed request with its status and a one-line plain-text

@@ -24,7 +24,8 @@ var webFiles embed.FS
 // origins are the other origins whose streams the page may show (-page-sources): the
 // Content-Security-Policy lets it connect to them alone, and the page reads them from its
 // page-sources meta tag, filled in here once, so the page stays the same for the life of the process.
-func handlePage(origins []string) fiber.Handler {
+// Every answer advertises the Mercure hub with link, a Link header with rel="mercure".
+func handlePage(origins []string, link string) fiber.Handler {
 	type file struct {
 		body        []byte
 		contentType string
@@ -59,6 +60,7 @@ func handlePage(origins []string) fiber.Handler {
 		"X-Content-Type-Options": "nosniff",
 		"Referrer-Policy":        "no-referrer",
 		"Cache-Control":          "no-cache",
+		"Link":                   link,
 	}
 	return func(c *fiber.Ctx) error {
 		f, ok := files[c.Path()]

@@ -1,0 +1,25 @@
+// Publishes with the npm mercure package's Publisher: node publish.cjs URL FIRST COUNT, with
+// the publisher's token in MERCURE_JWT. Update i, from FIRST on, goes to the topic
+// https://example.com/books/i, with its id "book-i" and its data "book i"; each answer (the
+// update's id) is printed on a line of its own.
+const { Publisher } = require("mercure");
+
+async function main() {
+  const [hub, first, count] = [new URL(process.argv[2]), Number(process.argv[3]), Number(process.argv[4])];
+  const publisher = new Publisher({
+    protocol: hub.protocol.replace(":", ""),
+    host: hub.hostname,
+    port: Number(hub.port),
+    path: hub.pathname,
+    jwt: process.env.MERCURE_JWT,
+  });
+  for (let i = first; i < first + count; i++) {
+    const id = await publisher.publish([`https://example.com/books/${i}`], `book ${i}`, { id: `book-${i}` });
+    console.log(id);
+  }
+}
+
+main().catch((err) => {
+  console.error(err.message);
+  process.exit(1);
+});
