@@ -1341,3 +1341,60 @@ func TestBrowser_TickingPausesInBackgroundTab(t *testing.T) {
 	}
 	b.waitFor(t, pageWait, "the ticking to resume in front", `!document.hidden && window.sinceChanges >= 2`)
 }
+
+func TestPage_MercureTopicFillsTheChartFromHistory(t *testing.T) {
+	// No demo topic: every value comes from the test, the first ones before the page opens.
+	srv := startServer(t)
+	const kept = 30
+	var want []string
+	for i := range kept {
+		value := 10 + 30*i
+		publishEvent(t, srv.adminURL, "dashboard", "", map[string]int{"User": value})
+		want = append(want, strconv.Itoa(value))
+	}
+	b := newBrowser(t)
+	if err := chromedp.Do(b.ctx, chromedp.EmulateViewport(1280, 800)); err != nil {
+		t.Fatal(err)
+	}
+
+	b.navigate(t, srv.url+"/?match=dashboard")
+	d := b.waitForDashboard(t, "the history in the chart", fmt.Sprintf(`d.state === "open" && d.events === %d`, kept))
+	mercure := srv.url + mercurePath + "?match=dashboard"
+	if d.Src != mercure || !strings.Contains(d.TryCurl, mercure) || d.Points != kept {
+		t.Errorf("history shown: #src %q, #try-curl %q, %d points in the chart, want %s in both and %d points", d.Src, d.TryCurl, d.Points, mercure, kept)
+	}
+	if got := evaluate[string](t, b, `document.getElementById("chart").dataset.values`); got != strings.Join(want, " ") {
+		t.Errorf("chart values after opening = %q, want the %d published before, in order: %q", got, kept, strings.Join(want, " "))
+	}
+	if sent := b.requestsSent(); !slices.Contains(sent, mercure+"&last_event_id=earliest") {
+		t.Errorf("requests sent %q, want %s&last_event_id=earliest among them", sent, mercure)
+	}
+	// The burst is drawn as a run at the assumed pace of a value a second, from the left edge
+	// of a chart 60 values wide, evenly spaced: the last half minute, not a spike.
+	g := evaluate[chartGeometry](t, b, chartGeometryJS)
+	if len(g.Plot) != 4 || len(g.Line) != kept {
+		t.Fatalf("chart: plot area %v, %d points in the line, want a plot area and %d points", g.Plot, len(g.Line), kept)
+	}
+	left, right := g.Plot[0], g.Plot[1]
+	if first := g.Line[0][0]; math.Abs(first-left) > 1 {
+		t.Errorf("first replayed value at x = %.1f, want the plot's left edge %.1f", first, left)
+	}
+	step := (right - left) / 59
+	for i := 1; i < kept; i++ {
+		if gap := g.Line[i][0] - g.Line[i-1][0]; math.Abs(gap-step) > 0.5 {
+			t.Fatalf("replayed value %d drawn %.1f px after the one before, want %.1f (one step of 60 in the plot); line %v", i, gap, step, g.Line)
+		}
+	}
+
+	publishEvent(t, srv.adminURL, "dashboard", "", map[string]int{"User": 999})
+	want = append(want, "999")
+	b.waitFor(t, pageWait, "the live value after the history", `document.getElementById("chart").dataset.values === `+strconv.Quote(strings.Join(want, " ")))
+	d = b.readDashboard(t)
+	if d.Events != kept+1 || d.Value != "999" || d.State != "open" || d.Reconnects != 0 {
+		t.Errorf("after the live value: %d events, #value %q, state %q, %d reconnects, want %d, 999, open, 0", d.Events, d.Value, d.State, d.Reconnects, kept+1)
+	}
+	g = evaluate[chartGeometry](t, b, chartGeometryJS)
+	if n := len(g.Line); n != kept+1 || g.Segments != 1 || g.Line[n-1][0] <= g.Line[n-2][0] {
+		t.Errorf("after the live value: %d points in %d segments, last two at x %v, want %d in one unbroken line, the live one to the right", n, g.Segments, g.Line[max(0, n-2):], kept+1)
+	}
+}

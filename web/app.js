@@ -10,6 +10,8 @@ const BACKOFF_FIRST_MS = 1000;      // first retry after the browser gave up on 
 const BACKOFF_MAX_MS = 60000;       // longest wait between such retries
 const ASSUMED_INTERVAL_MS = 1000;   // event interval the chart assumes until two events have arrived
 const LONG_GAP = 3;                 // a gap this many steps long is a pause, not the stream's pace
+const REPLAY_MS = 2000;             // values this soon after a Mercure stream first opens count as history
+const MERCURE_PATH = ".well-known/mercure"; // a Mercure hub's URL, relative to the page
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
@@ -39,6 +41,8 @@ const ui = {
 const stream = {
   url: null,          // the stream's URL, without a resume parameter
   topics: false,      // a topic stream, whose reconnects replay what was missed
+  mercure: false,     // a Mercure subscription: resumes with last_event_id=, first from the earliest event kept
+  replaying: false,   // values may still be the history a Mercure hub replays on first open
   token: "",          // the page's own ?access_token=, passed on to the stream, never shown
   credentials: false, // send cookies: a topic stream on another origin, which may be private
   source: null,       // the current EventSource, if any
@@ -55,7 +59,8 @@ const stream = {
 };
 
 // Values for the chart, oldest first: { t: where on the time axis, arrived: performance.now()
-// when it came, v: the value, resumed: the first after the stream was lost }.
+// when it came, v: the value, resumed: the first after the stream was lost, replayed: from
+// the history replayed on first open, back: how many steps before t such a value is drawn }.
 const points = [];
 // The pace of the stream as the chart sees it: step is the estimated time between events
 // in ms (0 until two have arrived), pauses the long gaps in a row just seen, resumed that
@@ -77,6 +82,12 @@ function chooseStream() {
   const params = new URLSearchParams(location.search);
   const param = params.get("src");
   if (!param) {
+    // ?match= reads the server's topics through the Mercure protocol.
+    if (params.has("match")) {
+      const url = new URL(MERCURE_PATH, location.href);
+      for (const topic of params.getAll("match")) url.searchParams.append("match", topic);
+      return { url };
+    }
     // ?topic= reads the server's topics instead of a random stream of its own.
     const url = new URL("sse", location.href);
     for (const topic of params.getAll("topic")) url.searchParams.append("topic", topic);
@@ -142,11 +153,14 @@ function updateValueNote() {
 }
 
 // connect opens a new EventSource. After the first, it asks the server to go on after the
-// last id with ?lastEventID=, because a new EventSource cannot send Last-Event-ID itself.
+// last id with ?lastEventID= (Mercure's last_event_id=), because a new EventSource cannot
+// send Last-Event-ID itself. A Mercure subscription with no id yet asks for
+// last_event_id=earliest, every event the hub keeps, so the chart starts full, not empty.
 function connect() {
   stream.retryAt = 0;
   const url = new URL(stream.url);
-  if (stream.lastId !== "") url.searchParams.set("lastEventID", stream.lastId);
+  if (stream.mercure) url.searchParams.set("last_event_id", stream.lastId || "earliest");
+  else if (stream.lastId !== "") url.searchParams.set("lastEventID", stream.lastId);
   if (stream.token) url.searchParams.set("access_token", stream.token);
   const es = new EventSource(url.href, { withCredentials: stream.credentials });
   es.onopen = onOpen;
@@ -186,13 +200,33 @@ function onMessage(event) {
     ui.value.textContent = formatNumber(user);
     delete ui.value.dataset.invalid;
     const arrived = performance.now();
-    points.push({ t: place(arrived), arrived, v: user, resumed: pace.resumed });
+    if (inReplay()) {
+      // History comes without times, so its values are drawn one step apart (draw), the
+      // newest where live values begin: each one so far, all replayed, moves a step back.
+      for (const p of points) {
+        p.t = arrived;
+        p.back += 1;
+      }
+      points.push({ t: arrived, arrived, v: user, resumed: false, replayed: true, back: 0 });
+    } else {
+      points.push({ t: place(arrived), arrived, v: user, resumed: pace.resumed, replayed: false, back: 0 });
+    }
     pace.resumed = false;
     if (points.length > HISTORY) points.shift();
     if (!document.hidden) draw();
   }
   updateValueNote();
   tick();
+}
+
+// inReplay says whether a value is drawn as part of the history a Mercure hub replays when
+// the page first opens it at last_event_id=earliest. The hub writes that history as soon as
+// the stream opens, in one burst, so every value of the stream's first REPLAY_MS counts: a
+// live value among them goes one step after the history, where the stream's pace puts it
+// anyway. The first value after that ends the replay for good.
+function inReplay() {
+  stream.replaying = stream.replaying && Date.now() - stream.openedAt < REPLAY_MS;
+  return stream.replaying;
 }
 
 // onReset runs when the server could not resume a topic stream where the page left off
@@ -377,8 +411,9 @@ function place(arrived) {
   if (!prev) return arrived;
   const gap = arrived - prev.arrived;
   const long = gap > LONG_GAP * pace.step;
-  if (pace.resumed) {
-    // How long the stream was lost says nothing about its pace.
+  if (pace.resumed || prev.replayed) {
+    // How long the stream was lost, or how long after the replayed history the first live
+    // value came, says nothing about its pace.
   } else if (pace.step === 0 || (long && pace.pauses > 0)) {
     // The first gap, or a second long one in a row: the pace itself has changed.
     pace.step = Math.max(gap, 1);
@@ -394,8 +429,9 @@ function place(arrived) {
 
 // draw renders the chart in the SVG's own pixels: y on a fixed scale from 0 to Y_MAX (or
 // the next round bound if a stream sends more), x in seconds since the page opened, the
-// last HISTORY values placed by their arrival time, the area filled down to the axis, and
-// the line broken where the stream was lost.
+// last HISTORY values placed by their arrival time (replayed history a step apart, at the
+// pace the chart knows now, so the run stretches as it learns the pace), the area filled
+// down to the axis, and the line broken where the stream was lost.
 function draw() {
   const width = ui.chart.clientWidth;
   const height = ui.chart.clientHeight;
@@ -411,9 +447,10 @@ function draw() {
 
   // The window spans HISTORY intervals, starts with the first value and moves with the last.
   const step = pace.step || ASSUMED_INTERVAL_MS;
+  const at = (p) => p.t - p.back * step;
   const span = (HISTORY - 1) * step;
-  const first = points.length ? points[0].t : startedAt;
-  const last = points.length ? points[points.length - 1].t : startedAt;
+  const first = points.length ? at(points[0]) : startedAt;
+  const last = points.length ? at(points[points.length - 1]) : startedAt;
   const right = Math.max(first + span, last);
   const left = right - span;
   const x = (t) => m.left + ((t - left) / span) * plotW;
@@ -435,11 +472,11 @@ function draw() {
   parts.push(svg("line", { class: "axis", x1: m.left, x2: width - m.right, y1: y(lo), y2: y(lo) }));
 
   // One segment per run of values from one stream, so an outage shows as a gap.
-  const shown = points.filter((p) => p.t >= left - 1);
+  const shown = points.filter((p) => at(p) >= left - 1);
   const segments = [];
   for (let i = 0; i < shown.length; i++) {
     if (i === 0 || shown[i].resumed) segments.push([]);
-    segments[segments.length - 1].push(`${x(shown[i].t).toFixed(1)},${y(shown[i].v).toFixed(1)}`);
+    segments[segments.length - 1].push(`${x(at(shown[i])).toFixed(1)},${y(shown[i].v).toFixed(1)}`);
   }
   const base = y(Math.max(lo, 0)).toFixed(1);
   let area = "";
@@ -454,7 +491,7 @@ function draw() {
   parts.push(svg("path", { class: "line", d: line.trim() }));
   if (shown.length) {
     const p = shown[shown.length - 1];
-    parts.push(svg("circle", { class: "dot", cx: x(p.t).toFixed(1), cy: y(p.v).toFixed(1), r: 3 }));
+    parts.push(svg("circle", { class: "dot", cx: x(at(p)).toFixed(1), cy: y(p.v).toFixed(1), r: 3 }));
   }
 
   ui.chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -511,7 +548,10 @@ function main() {
     return;
   }
   stream.url = choice.url;
-  stream.topics = choice.url.searchParams.has("topic");
+  // A Mercure subscription, ?match= or a ?src= of any hub, is a topic stream too.
+  stream.mercure = choice.url.pathname.endsWith("/" + MERCURE_PATH);
+  stream.replaying = stream.mercure;
+  stream.topics = stream.mercure || choice.url.searchParams.has("topic");
   stream.token = new URLSearchParams(location.search).get("access_token") || "";
   stream.credentials = stream.topics && choice.url.origin !== location.origin;
   ui.src.textContent = choice.url.href;
