@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -129,28 +128,12 @@ func (r *tcpRelay) restore() {
 // (each left out when empty) and returns the status and the id, or the answer of a refusal.
 func publishKeyedAs(t *testing.T, adminURL, token, key, topic, data string) (int, string) {
 	t.Helper()
-	body := fmt.Sprintf(`{"topic":%q,"data":%q}`, topic, data)
-	req, err := http.NewRequest(http.MethodPost, adminURL+"/publish", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	if key != "" {
-		req.Header.Set("Idempotency-Key", key)
-	}
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-	if err != nil {
-		t.Fatalf("POST /publish: %v", err)
-	}
-	defer resp.Body.Close()
-	answer, _ := io.ReadAll(resp.Body)
+	status, answer, _ := postPublish(t, adminURL, token, key, fmt.Appendf(nil, `{"topic":%q,"data":%q}`, topic, data))
 	var got publishAnswer
-	if resp.StatusCode == http.StatusOK && json.Unmarshal(answer, &got) == nil {
-		return resp.StatusCode, got.ID
+	if status == http.StatusOK && json.Unmarshal([]byte(answer), &got) == nil {
+		return status, got.ID
 	}
-	return resp.StatusCode, strings.TrimSpace(string(answer))
+	return status, strings.TrimSpace(answer)
 }
 
 // publisherToken returns a token of subject that may publish to topics a and b.

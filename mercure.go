@@ -200,6 +200,21 @@ func mercureLastEventID(requested string, sub subscription) string {
 	return requested
 }
 
+// grantOf returns what the token of r allows, or answers 401 (none, or one that fails) or
+// 400 (one presented the wrong way) and reports false: for the routes that need a token.
+func (m *mercureHub) grantOf(w http.ResponseWriter, r *http.Request) (*mercureGrant, bool) {
+	grant, present, refused := m.h.auth.mercureToken(r, m.cfg.hubURL, false)
+	switch {
+	case refused != nil:
+		writeMercureAuthError(w, refused)
+		return nil, false
+	case !present:
+		writeMercureAuthError(w, m.missing())
+		return nil, false
+	}
+	return grant, true
+}
+
 // missing returns the refusal, counted, of a request that needs a token and has none.
 func (m *mercureHub) missing() *mercureAuthError {
 	return m.h.auth.refuseMercure(mercureDenied(authMissing, "a token is needed: Authorization: Bearer, or the __Secure-mercure_access_token cookie"))
@@ -220,13 +235,8 @@ func (m *mercureHub) badRequest(w http.ResponseWriter, reason string) (*topicReq
 // publish reads a publish form, checks that its token may publish to every one of its
 // topics, publishes the update and answers its id as text/plain.
 func (m *mercureHub) publish(w http.ResponseWriter, r *http.Request) {
-	grant, present, refused := m.h.auth.mercureToken(r, m.cfg.hubURL, false)
-	switch {
-	case refused != nil:
-		writeMercureAuthError(w, refused)
-		return
-	case !present:
-		writeMercureAuthError(w, m.missing())
+	grant, ok := m.grantOf(w, r)
+	if !ok {
 		return
 	}
 	if media, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); media != "application/x-www-form-urlencoded" {

@@ -173,6 +173,17 @@ func readUntil(t *testing.T, s *sseStream, marker string) []string {
 	return nil
 }
 
+// nextLines reads the next n frames of s and returns them as "id data" lines.
+func nextLines(t *testing.T, s *sseStream, n int) []string {
+	t.Helper()
+	var lines []string
+	for range n {
+		f := s.next(t)
+		lines = append(lines, f.id+" "+f.data)
+	}
+	return lines
+}
+
 func TestMercureSpec_Subscription_EachMatcherTypeSelectsItsTopics(t *testing.T) {
 	srv := startMercure(t)
 	query := url.Values{
@@ -570,12 +581,7 @@ func TestMercure_BothDialectsShareTopicsAndHistory(t *testing.T) {
 	second := publishUpdate(t, srv.url, publisherAll(t), form("topic", "orders", "data", "from Mercure"))
 	want := []string{first + " from /publish", second + " from Mercure"}
 	for name, s := range map[string]*sseStream{"Mercure": mercure, "own": own} {
-		var got []string
-		for range want {
-			f := s.next(t)
-			got = append(got, f.id+" "+f.data)
-		}
-		if !slices.Equal(got, want) {
+		if got := nextLines(t, s, len(want)); !slices.Equal(got, want) {
 			t.Errorf("the %s subscriber got %q, want %q", name, got, want)
 		}
 	}
@@ -656,12 +662,7 @@ func TestMercure_NATSReplicasShareUpdatesPrivateRulesAndIds(t *testing.T) {
 		}
 		s.next(t)
 		want := []string{secret + " 3", both + " 4"}
-		var got []string
-		for range want {
-			f := s.next(t)
-			got = append(got, f.id+" "+f.data)
-		}
-		if !slices.Equal(got, want) {
+		if got := nextLines(t, s, len(want)); !slices.Equal(got, want) {
 			t.Errorf("resumed on %s after urn:book:2: got %q, want %q", name, got, want)
 		}
 	}

@@ -146,15 +146,11 @@ func (m *mercureHub) serveSubscriptions(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	topic := r.URL.EscapedPath()
-	grant, present, refused := m.h.auth.mercureToken(r, m.cfg.hubURL, false)
-	switch {
-	case refused != nil:
-		writeMercureAuthError(w, refused)
+	grant, ok := m.grantOf(w, r)
+	if !ok {
 		return
-	case !present:
-		writeMercureAuthError(w, m.missing())
-		return
-	case !grant.mayRead([]string{topic}):
+	}
+	if !grant.mayRead([]string{topic}) {
 		writeMercureAuthError(w, m.forbidden("the token does not allow reading "+topic))
 		return
 	}

@@ -690,7 +690,9 @@ func (b *natsStore) replay(ctx context.Context, sel *selection, after, upTo uint
 	// A heartbeat a second, as for the replica's consumer: a replay whose consumer was lost
 	// with its server fails within two seconds, and its client comes back, rather than
 	// waiting out resumeTimeout.
-	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(upTo-after, 500))),
+	// Batches of at most 128 messages: a chunk of maxReplayChunk bytes of 512-byte events
+	// is one, and a client that reads one chunk of large events holds no more in flight.
+	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(upTo-after, 128))),
 		jetstream.PullExpiry(4*time.Second), jetstream.PullHeartbeat(time.Second),
 		jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {

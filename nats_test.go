@@ -106,9 +106,20 @@ func connectJS(t *testing.T, urls string, opts ...nats.Option) jetstream.JetStre
 func publishKeyed(t *testing.T, adminURL, key, topic string, data any) (int, string, string) {
 	t.Helper()
 	body, _ := json.Marshal(map[string]any{"topic": topic, "data": data})
+	status, answer, header := postPublish(t, adminURL, "", key, body)
+	return status, answer, header.Get("Retry-After")
+}
+
+// postPublish posts body to /publish with a bearer token and an idempotency key (each left
+// out when empty) and returns the status, the answer and its headers.
+func postPublish(t *testing.T, adminURL, token, key string, body []byte) (int, string, http.Header) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, adminURL+"/publish", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	if key != "" {
 		req.Header.Set("Idempotency-Key", key)
@@ -119,7 +130,7 @@ func publishKeyed(t *testing.T, adminURL, key, topic string, data any) (int, str
 	}
 	defer resp.Body.Close()
 	answer, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(answer), resp.Header.Get("Retry-After")
+	return resp.StatusCode, string(answer), resp.Header
 }
 
 // readyBody returns the status and body of the /readyz of the server at base.
