@@ -76,9 +76,10 @@ type eventStore interface {
 	// is a retry of an event stored before under the same idempotency key.
 	Publish(ctx context.Context, p publication) (seq uint64, retried bool, err error)
 	// Replay returns the stored events that sel wants after sequence after, up to upTo,
-	// oldest first: all of them, or about maxReplayChunk bytes of them with more set. It
-	// gives resetHistoryGone instead when any of them is no longer stored.
-	Replay(ctx context.Context, sel *selection, after, upTo uint64) (events []*topicEvent, more bool, reason resetReason, err error)
+	// oldest first, and the sequence number it read to: upTo, or less when it stopped at
+	// about maxReplayChunk bytes of events, the rest to be read from there. It gives
+	// resetHistoryGone instead when any of them is no longer stored.
+	Replay(ctx context.Context, sel *selection, after, upTo uint64) (events []*topicEvent, readTo uint64, reason resetReason, err error)
 	// Newest returns the sequence number of the last event stored.
 	Newest(ctx context.Context) (uint64, error)
 	// Oldest returns the sequence number of the first event kept, or of the next to come
@@ -174,7 +175,7 @@ type broker struct {
 type subscription struct {
 	sub      *subscriber
 	replay   []*topicEvent // events of its topics after the client's id, oldest first
-	more     bool          // the replay holds a first chunk: read on from its last event up to upTo
+	readTo   uint64        // the replay read the stream to here: below upTo, the rest is read from here
 	upTo     uint64        // the last event that comes by replay, not live
 	position string        // the id the stream stands at before the replay: the client's, or the hub's last
 	at       uint64        // the sequence number in position
@@ -244,14 +245,13 @@ func (x *idIndex) forgetOldest() {
 
 // Subscribe subscribes to sel and returns what to replay after lastID, an id a client sent
 // (hasLastID false if it sent none): one the hub wrote, one a publisher gave an event the
-// history keeps, or "earliest" for every event kept, with onDrop called (without blocking) if the
-// subscriber is dropped. The subscriber is registered first, noting the last event L
+// history keeps, or "earliest" for every event kept. onDrop is called, without blocking, if
+// the subscriber is dropped. The subscriber is registered first, noting the last event L
 // delivered here; events up to L come by replay, later ones live, so none is missed or sent
 // twice. A client ahead of this process (it comes from a replica whose consumer was further
 // on) gets no replay: its stream skips what it has. An id whose followers the store no
 // longer holds, from another sequence, from the future or malformed gives a reset, and the
-// stream goes on live from L (from the sequence's last event, for an id from the future). An
-// error means the stream cannot resume now (the store is
+// stream goes on live from L. An error means the stream cannot resume now (the store is
 // unreachable, or ctx ended) and its client should come back later.
 func (b *broker) Subscribe(ctx context.Context, sel selection, lastID string, hasLastID bool, onDrop func()) (subscription, error) {
 	var seq uint64
@@ -308,7 +308,7 @@ func (b *broker) resume(ctx context.Context, s *subscription, seq uint64) (reset
 	case seq < s.upTo:
 		var reason resetReason
 		var err error
-		if s.replay, s.more, reason, err = b.store.Replay(ctx, &s.sub.selection, seq, s.upTo); err != nil || reason != "" {
+		if s.replay, s.readTo, reason, err = b.store.Replay(ctx, &s.sub.selection, seq, s.upTo); err != nil || reason != "" {
 			return reason, err
 		}
 	}
@@ -316,16 +316,16 @@ func (b *broker) resume(ctx context.Context, s *subscription, seq uint64) (reset
 	return "", nil
 }
 
-// ReplayMore returns the next chunk of a replay that did not fit in one, after sequence
-// after up to upTo, or an error if the stream must end and its client resume: the store is
-// unreachable, or the events were forgotten meanwhile (the client's next request learns
-// it with a reset).
-func (b *broker) ReplayMore(ctx context.Context, sel *selection, after, upTo uint64) ([]*topicEvent, bool, error) {
-	events, more, reason, err := b.store.Replay(ctx, sel, after, upTo)
+// ReplayMore returns the next chunk of a replay that did not fit in one, read from sequence
+// from up to upTo, and where it read to; or an error if the stream must end and its client
+// resume: the store is unreachable, or the events were forgotten meanwhile (the client's
+// next request learns it with a reset).
+func (b *broker) ReplayMore(ctx context.Context, sel *selection, from, upTo uint64) ([]*topicEvent, uint64, error) {
+	events, readTo, reason, err := b.store.Replay(ctx, sel, from, upTo)
 	if err == nil && reason != "" {
 		err = errors.New("history moved past the replay: reconnect to resume")
 	}
-	return events, more, err
+	return events, readTo, err
 }
 
 // Unsubscribe ends a subscription that Subscribe returned.

@@ -377,8 +377,8 @@ func (h *sseHandler) subscribe(s *stream, req *topicRequest) (*subscriber, []byt
 		"last_event_id", req.lastID, "reset", string(sub.reset))
 	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.broker.metrics
 	s.lastID, s.queuedSeq = sub.at, sub.at
-	if sub.more {
-		s.replayMore = h.replayMore(sub)
+	if sub.readTo != 0 && sub.readTo < sub.upTo {
+		s.replayFrom, s.replayMore = sub.readTo, h.replayMore(sub)
 	}
 	if !req.mercure {
 		return sub.sub, h.topicOpening(sub), nil
@@ -397,12 +397,13 @@ func (h *sseHandler) subscribe(s *stream, req *topicRequest) (*subscriber, []byt
 }
 
 // replayMore returns the function with which a stream reads the rest of sub's replay, a
-// chunk at a time after the last event it wrote, each within resumeTimeout.
-func (h *sseHandler) replayMore(sub subscription) func(after uint64) ([]*topicEvent, bool, error) {
-	return func(after uint64) ([]*topicEvent, bool, error) {
+// chunk at a time from where the last chunk was read to, each within resumeTimeout.
+func (h *sseHandler) replayMore(sub subscription) func(from uint64) ([]*topicEvent, uint64, bool, error) {
+	return func(from uint64) ([]*topicEvent, uint64, bool, error) {
 		ctx, cancel := context.WithTimeout(h.stopCtx, resumeTimeout)
 		defer cancel()
-		return h.broker.ReplayMore(ctx, &sub.sub.selection, after, sub.upTo)
+		events, readTo, err := h.broker.ReplayMore(ctx, &sub.sub.selection, from, sub.upTo)
+		return events, readTo, readTo >= sub.upTo, err
 	}
 }
 

@@ -122,13 +122,13 @@ func (m *memoryStore) Publish(_ context.Context, p publication) (uint64, bool, e
 
 // Replay returns the kept events that sel wants after sequence after up to upTo. Sequence
 // numbers are consecutive in the ring, so the first one to read is found by subtraction.
-func (m *memoryStore) Replay(_ context.Context, sel *selection, after, upTo uint64) ([]*topicEvent, bool, resetReason, error) {
+func (m *memoryStore) Replay(_ context.Context, sel *selection, after, upTo uint64) ([]*topicEvent, uint64, resetReason, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.forgetExpired(time.Now())
 	first := m.oldest()
 	if after+1 < first {
-		return nil, false, resetHistoryGone, nil
+		return nil, 0, resetHistoryGone, nil
 	}
 	var events []*topicEvent
 	for seq := after + 1; seq <= upTo; seq++ {
@@ -137,7 +137,7 @@ func (m *memoryStore) Replay(_ context.Context, sel *selection, after, upTo uint
 			events = append(events, ev)
 		}
 	}
-	return events, false, "", nil
+	return events, upTo, "", nil
 }
 
 // oldest returns the sequence number of the first event kept, or of the next to come when

@@ -24,6 +24,7 @@ const mercurePath = "/.well-known/mercure"
 // Limits of a Mercure request: each over it is refused with the spec's status.
 const (
 	maxMatchers         = 128      // topic matchers one subscription request carries
+	maxPatternBytes     = 2 << 10  // bytes of URL Patterns and URI Templates in one request: each compiles to regular expressions, up to ~100 KiB for 2 KiB of pattern
 	maxPublishTopics    = 32       // topics one update names
 	maxMercurePublish   = 64 << 10 // bytes of a publish form
 	maxMercureEventType = 256      // bytes of an update's type
@@ -133,7 +134,7 @@ func (m *mercureHub) subscription(w http.ResponseWriter, r *http.Request) (*topi
 func (m *mercureHub) selection(query url.Values) (selection, []mercureSubscription, bool, error) {
 	var sel selection
 	var subs []mercureSubscription
-	count := 0
+	count, patternBytes := 0, 0
 	for name, values := range query {
 		var typ string
 		switch {
@@ -161,6 +162,11 @@ func (m *mercureHub) selection(query url.Values) (selection, []mercureSubscripti
 				return sel, nil, false, fmt.Errorf("%s: %v", name, err)
 			}
 			subs = append(subs, mercureSubscription{matchType: matcher.typ, match: strings.Clone(value)})
+			if matcher.typ != matchExact && !matcher.all {
+				if patternBytes += len(value); patternBytes > maxPatternBytes {
+					return sel, nil, false, fmt.Errorf("the URL Patterns and URI Templates of a subscription hold at most %d bytes in all", maxPatternBytes)
+				}
+			}
 			if topic, ok := matcher.exactTopic(); ok {
 				if !slices.Contains(sel.topics, topic) {
 					sel.topics = append(sel.topics, strings.Clone(topic))

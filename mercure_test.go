@@ -237,6 +237,7 @@ func TestMercureSpec_Subscription_RefusesBadRequestsWith400(t *testing.T) {
 		{"bad URI template", "topic=https%3A%2F%2Fexample.com%2F%7Bid", "not a URI Template"},
 		{"matcher too long", "match=" + strings.Repeat("a", maxMatcherLength+1), "bytes long"},
 		{"too many matchers", strings.Repeat("match=a&", maxMatchers+1), fmt.Sprintf("at most %d topic matchers", maxMatchers)},
+		{"patterns over their bytes", strings.Repeat("match_urlpattern=%2F"+strings.Repeat("a", 600)+"%2F%3Aid&", 4), fmt.Sprintf("at most %d bytes in all", maxPatternBytes)},
 		{"not a form", "match=a%zz", "not application/x-www-form-urlencoded"},
 	} {
 		status, _, body := getTopic(t, srv, http.MethodGet, mercurePath+"?"+c.query, nil)
@@ -604,20 +605,18 @@ func TestMercure_TheNPMPublisherAndAnEventSourceClientWorkUnchanged(t *testing.T
 
 	node := requireTool(t, "", "node", "nodejs")
 	dir := npmInstall(t, "mercure", "package.json", "package-lock.json", "publish.cjs")
-	var want []string
+	// A tenth of a second apart, so that the streams' ends fall between updates.
+	cmd := exec.Command(node, "publish.cjs", srv.url+mercurePath, strconv.Itoa(updates), "100")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "MERCURE_JWT="+legacyToken(t, []string{"*"}, nil))
+	out, err := cmd.CombinedOutput()
+	var ids, want []string
 	for i := range updates {
+		ids = append(ids, fmt.Sprintf("book-%d", i))
 		want = append(want, fmt.Sprintf(`{"id":"book-%d","data":"book %d"}`, i, i))
 	}
-	// One update at a time, a tenth of a second apart, so that cuts fall between them.
-	for i := range updates {
-		cmd := exec.Command(node, "publish.cjs", srv.url+mercurePath, strconv.Itoa(i), "1")
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "MERCURE_JWT="+legacyToken(t, []string{"*"}, nil))
-		out, err := cmd.CombinedOutput()
-		if got := strings.TrimSpace(string(out)); err != nil || got != fmt.Sprintf("book-%d", i) {
-			t.Fatalf("node publish.cjs: %v, printed %q, want the update's id book-%d", err, out, i)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if got := strings.Fields(string(out)); err != nil || !slices.Equal(got, ids) {
+		t.Fatalf("node publish.cjs: %v; it printed %q, want the updates' ids %q", err, out, ids)
 	}
 	client.expect(t, want)
 }

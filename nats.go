@@ -607,33 +607,33 @@ func firstKept(state jetstream.StreamState) uint64 {
 // filtered to their subjects, after a turn among the replays under way. The stream's first
 // event is checked before the consumer is made, once it exists, and once it is read: limits
 // that removed an event meanwhile give resetHistoryGone, never a replay with a hole.
-func (b *natsStore) Replay(ctx context.Context, sel *selection, after, upTo uint64) ([]*topicEvent, bool, resetReason, error) {
+func (b *natsStore) Replay(ctx context.Context, sel *selection, after, upTo uint64) ([]*topicEvent, uint64, resetReason, error) {
 	if err := b.connected(); err != nil {
-		return nil, false, "", err
+		return nil, 0, "", err
 	}
 	if err := b.takeTurn(ctx); err != nil {
-		return nil, false, "", err
+		return nil, 0, "", err
 	}
 	defer b.giveTurn()
 	state, err := b.state(ctx)
 	if err != nil {
-		return nil, false, "", err
+		return nil, 0, "", err
 	}
 	if after+1 < firstKept(state) {
-		return nil, false, resetHistoryGone, nil
+		return nil, 0, resetHistoryGone, nil
 	}
-	events, more, unread, err := b.replay(ctx, sel, after, upTo)
+	events, readTo, unread, err := b.replay(ctx, sel, after, upTo)
 	if err != nil {
-		return nil, false, "", fmt.Errorf("%w: replay history: %v", errBrokerUnavailable, err)
+		return nil, 0, "", fmt.Errorf("%w: replay history: %v", errBrokerUnavailable, err)
 	}
 	if state, err = b.state(ctx); err != nil {
-		return nil, false, "", err
+		return nil, 0, "", err
 	}
 	// Events from unread on might have been removed before the consumer reached them.
 	if unread < firstKept(state) {
-		return nil, false, resetHistoryGone, nil
+		return nil, 0, resetHistoryGone, nil
 	}
-	return events, more, "", nil
+	return events, readTo, "", nil
 }
 
 // takeTurn waits for one of the -nats-replays places, or fails when ctx ends first: a
@@ -658,17 +658,23 @@ func (b *natsStore) giveTurn() {
 	<-b.replays
 }
 
+// maxReplayRead is the most stream messages one replay call reads, whatever they hold: a
+// client of a quiet topic that resumes from an old id reads the rest in later calls.
+const maxReplayRead = 4096
+
 // replay reads the events sel wants after sequence after up to upTo, or about
-// maxReplayChunk bytes of them with more set, with a consumer filtered to the subjects they
-// may be stored under (in memory, no acks, deliveries checked for gaps), removed in the
-// background once read. It also returns unread: the first sequence number from which on the
-// consumer may have skipped an event sel wants, had limits removed it before the consumer
+// maxReplayChunk bytes of them (or maxReplayRead messages), and returns where it read to, with a
+// consumer of the whole stream (in memory, no acks, deliveries checked for gaps), removed in
+// the background once read. It reads every message in order and stops at upTo itself, so
+// that no count the server keeps, which a leader election can leave behind for a moment,
+// decides where the replay ends. It also returns unread: the first sequence number missing
+// from what the consumer delivered, which limits may have removed before the consumer
 // reached it; every event before unread was read.
-func (b *natsStore) replay(ctx context.Context, sel *selection, after, upTo uint64) (events []*topicEvent, more bool, unread uint64, err error) {
+func (b *natsStore) replay(ctx context.Context, sel *selection, after, upTo uint64) (events []*topicEvent, readTo, unread uint64, err error) {
 	b.m.replays.Inc()
-	cons, err := b.openConsumer(ctx, after+1, b.subjectsOf(sel), replayIdle)
+	cons, err := b.openConsumer(ctx, after+1, nil, replayIdle)
 	if err != nil {
-		return nil, false, 0, err
+		return nil, 0, 0, err
 	}
 	defer func() { go b.removeConsumer(cons) }()
 	read := after // the last sequence number the consumer delivered
@@ -683,39 +689,33 @@ func (b *natsStore) replay(ctx context.Context, sel *selection, after, upTo uint
 			unread = read + 1
 		}
 	}()
-	if cons.CachedInfo().NumPending == 0 {
-		skipped(upTo + 1)
-		return nil, false, 0, nil
-	}
 	// A heartbeat a second, as for the replica's consumer: a replay whose consumer was lost
 	// with its server fails within two seconds, and its client comes back, rather than
-	// waiting out resumeTimeout.
-	// Batches of at most 128 messages: a chunk of maxReplayChunk bytes of 512-byte events
-	// is one, and a client that reads one chunk of large events holds no more in flight.
-	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(upTo-after, 128))),
+	// waiting out resumeTimeout. Batches of at most 256 messages.
+	it, err := cons.Messages(jetstream.PullMaxMessages(int(min(upTo-after, 256))),
 		jetstream.PullExpiry(4*time.Second), jetstream.PullHeartbeat(time.Second),
 		jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {
-		return nil, false, 0, err
+		return nil, 0, 0, err
 	}
 	defer it.Stop()
 	size := 0
 	for next := uint64(1); ; next++ {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
-			return nil, false, 0, err
+			return nil, 0, 0, err
 		}
 		meta, err := msg.Metadata()
 		if err != nil {
-			return nil, false, 0, err
+			return nil, 0, 0, err
 		}
 		if meta.Sequence.Consumer != next {
-			return nil, false, 0, fmt.Errorf("replay delivery %d came after %d: a gap", meta.Sequence.Consumer, next-1)
+			return nil, 0, 0, fmt.Errorf("replay delivery %d came after %d: a gap", meta.Sequence.Consumer, next-1)
 		}
 		seq := meta.Sequence.Stream
 		if seq > upTo {
 			skipped(upTo + 1)
-			return events, false, 0, nil
+			return events, upTo, 0, nil
 		}
 		skipped(seq)
 		read = seq
@@ -729,30 +729,11 @@ func (b *natsStore) replay(ctx context.Context, sel *selection, after, upTo uint
 		}
 		switch {
 		case seq == upTo:
-			return events, false, 0, nil
-		case meta.NumPending == 0:
-			skipped(upTo + 1)
-			return events, false, 0, nil
-		case size >= maxReplayChunk:
-			return events, true, 0, nil
+			return events, upTo, 0, nil
+		case size >= maxReplayChunk || next >= maxReplayRead:
+			return events, seq, 0, nil
 		}
 	}
-}
-
-// subjectsOf returns the subjects that the events sel wants may be stored under: those of
-// its topics of the hub's own alphabet and the one of many topics, or all (nil) when it
-// has matchers.
-func (b *natsStore) subjectsOf(sel *selection) []string {
-	if len(sel.matchers) > 0 {
-		return nil
-	}
-	subjects := []string{b.prefix + "." + manyTopics}
-	for _, topic := range sel.topics {
-		if checkTopic(topic) == nil {
-			subjects = append(subjects, topicSubject(b.prefix, topic))
-		}
-	}
-	return subjects
 }
 
 // Oldest reads the sequence number of the stream's first event, or of the next to come.

@@ -47,7 +47,8 @@ type stream struct {
 	// come from its producer), what it replays first, and the broker's counters.
 	topicEvents <-chan *topicEvent
 	replay      []*topicEvent
-	replayMore  func(after uint64) ([]*topicEvent, bool, error) // reads the rest of a replay too long for one chunk
+	replayMore  func(from uint64) ([]*topicEvent, uint64, bool, error) // reads the next chunk of a replay too long for one: the events, where it read to, whether that was the last
+	replayFrom  uint64                                                 // where the replay's next chunk starts
 	hubMetrics  *hubMetrics
 	queuedSeq   uint64        // sequence number of the last topic event in buf: later ones only are written
 	dropped     *atomic.Int32 // a dropCause, set once the fan-out has dropped the subscription
@@ -214,13 +215,13 @@ func (s *stream) writeReplay() (endReason, error) {
 		if s.replayMore == nil {
 			return "", nil
 		}
-		var more bool
-		var err error
-		if s.replay, more, err = s.replayMore(s.queuedSeq); err != nil {
+		events, readTo, last, err := s.replayMore(s.replayFrom)
+		if err != nil {
 			s.sayComeBack("history unavailable: reconnect to resume")
 			return endUnavailable, err
 		}
-		if !more {
+		s.replay, s.replayFrom = events, readTo
+		if last {
 			s.replayMore = nil
 		}
 	}
