@@ -2,7 +2,7 @@ package main
 
 // End-to-end tests that drive the dashboard page in a real headless Chromium with chromedp.
 // They need Debian's chromium (apt-get install chromium); without it they skip, except on CI.
-// docs/page.md says how the README's screenshot is taken.
+// The README's screenshot is taken by screenshot_test.go.
 
 import (
 	"bytes"

@@ -67,7 +67,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 60*time.Second, "longest wait for the next request on a keep-alive connection")
 	fs.DurationVar(&cfg.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, keep serving this long with /readyz answering 503, so load balancers stop sending clients first")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 5*time.Second, "how long shutdown may take, after -shutdown-delay")
-	fs.IntVar(&cfg.bodyLimit, "body-limit", 4<<10, "largest request body in bytes; no route takes one, and a larger one announced gets 413 without being read")
+	fs.IntVar(&cfg.bodyLimit, "body-limit", 4<<10, "largest request body in bytes on the public port, except a Mercure publish (up to 64 KiB); a larger one announced gets 413 without being read")
 	fs.IntVar(&cfg.maxHeaderBytes, "max-header-bytes", 16<<10, "largest request line and headers in bytes, as browsers and nginx allow; more gets 431")
 	fs.IntVar(&cfg.fdMargin, "fd-margin", 64, "open files kept for the listener, the page and health checks: -max-clients is lowered to the open-file limit minus this")
 	fs.IntVar(&cfg.stream.LogRate, "log-rate", 50, "stream-end lines logged per second at most, then one summary line a second of those not logged (0 = no limit)")
