@@ -181,31 +181,45 @@ func newAuthorizer(cfg authConfig, reg *prometheus.Registry) *authorizer {
 }
 
 // authorizeSubscribe checks that r may read every topic of topics that -public-topics
-// does not cover, and returns when the stream must end: its token's exp plus the leeway,
-// or the zero time for a stream of public topics alone. A nil authorizer allows all.
-func (a *authorizer) authorizeSubscribe(r *http.Request, topics []string) (time.Time, *authError) {
-	if a == nil {
-		return time.Time{}, nil
-	}
+// does not cover, and returns when the stream must end (its token's exp plus the leeway, or
+// the zero time for a stream of public topics alone) and what private events the stream
+// may read: those of a topic its token grants (none, nil, without a token). A nil
+// authorizer allows all.
+func (a *authorizer) authorizeSubscribe(r *http.Request, topics []string) (time.Time, func([]string) bool, *authError) {
 	var private []string
 	for _, topic := range topics {
-		if !matchesAny(a.cfg.public, topic) {
+		if a.isPrivate(topic) {
 			private = append(private, topic)
 		}
 	}
 	if len(private) == 0 {
-		return time.Time{}, nil
+		return time.Time{}, nil, nil
 	}
 	claims, err := a.verifyRequest(r)
 	if err != nil {
-		return time.Time{}, a.refuse(err)
+		return time.Time{}, nil, a.refuse(err)
 	}
 	for _, topic := range private {
 		if !matchesAny(claims.SSE.Subscribe, topic) {
-			return time.Time{}, a.refuse(&authError{authForbidden, "the token does not allow reading topic " + topic})
+			return time.Time{}, nil, a.refuse(&authError{authForbidden, "the token does not allow reading topic " + topic})
 		}
 	}
-	return claims.ExpiresAt.Add(tokenLeeway), nil
+	reader := func(topics []string) bool {
+		for _, topic := range topics {
+			if matchesAny(claims.SSE.Subscribe, topic) {
+				return true
+			}
+		}
+		return false
+	}
+	return claims.ExpiresAt.Add(tokenLeeway), reader, nil
+}
+
+// isPrivate reports whether topic, of the hub's own dialect, needs a token: a JWT key is
+// set and -public-topics does not cover it. Its events are private on every face, so that
+// a Mercure subscriber without a token cannot read them either.
+func (a *authorizer) isPrivate(topic string) bool {
+	return a != nil && !matchesAny(a.cfg.public, topic)
 }
 
 // verifyRequest finds r's token and verifies it. A token from the cookie counts only on a

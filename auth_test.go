@@ -812,7 +812,7 @@ func BenchmarkVerifyToken(b *testing.B) {
 			topics := []string{"orders/1"}
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := a.authorizeSubscribe(r, topics); err != nil {
+				if _, _, err := a.authorizeSubscribe(r, topics); err != nil {
 					b.Fatal(err.reason)
 				}
 			}

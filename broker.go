@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,8 @@ type publication struct {
 	id           string
 	key          string
 	publisher    string // who publishes, for the key's scope: "" for a publisher with no credential
+	fromHub      bool   // the hub's own update (a subscription update), which may use its reserved names
+	ownDialect   bool   // published to one topic of the hub's own dialect (POST /publish, the demo feed)
 }
 
 // scopedKey returns the key under which a store remembers p's idempotency key: a digest of
@@ -91,9 +94,10 @@ type eventStore interface {
 	Health() (ok bool, why string)
 }
 
-// maxReplayChunk is about the most bytes of frames a replay holds at once for one client; a
-// longer replay is read and written a chunk at a time, so that thousands of clients resuming
-// from an old id hold a bounded amount each.
+// maxReplayChunk is about the most bytes of frames a JetStream replay reads at once for one
+// client; a longer replay is read and written a chunk at a time, so that thousands of
+// clients resuming from an old id hold a bounded amount each. The in-memory store's replay
+// needs no chunks: it holds pointers to the frames its history keeps anyway.
 const maxReplayChunk = 64 << 10
 
 // eventIDs formats and reads the SSE ids of one sequence: the epoch, a dash and the
@@ -168,6 +172,7 @@ type broker struct {
 	fan     *fanout
 	ids     eventIDs
 	metrics *hubMetrics
+	hub     *url.URL // the Mercure hub's URL, whose path names the hub's reserved topics
 }
 
 // subscription is what Subscribe hands a stream: the live subscription, the events to
@@ -188,6 +193,9 @@ func (b *broker) Publish(ctx context.Context, p publication) (string, error) {
 	if _, reason := b.ids.parse(p.id); p.id != "" && reason == "" {
 		return "", errHubID
 	}
+	if !p.fromHub && b.reserved(p) {
+		return "", errReservedTopic
+	}
 	seq, retried, err := b.store.Publish(ctx, p)
 	if err != nil {
 		return "", err
@@ -199,6 +207,23 @@ func (b *broker) Publish(ctx context.Context, p publication) (string, error) {
 		return p.id, nil
 	}
 	return b.ids.format(seq), nil
+}
+
+// reserved reports whether p uses what only the hub may publish: the type "mercure", or a
+// topic in the hub's reserved namespace (subscription updates), whichever face it came by.
+func (b *broker) reserved(p publication) bool {
+	if strings.EqualFold(p.event, "mercure") {
+		return true
+	}
+	if b.hub == nil {
+		return false
+	}
+	for _, topic := range p.topics {
+		if inReservedNamespace(topic, b.hub) {
+			return true
+		}
+	}
+	return false
 }
 
 // idIndex finds the kept events whose publisher gave them an id, by that id. It holds at

@@ -66,9 +66,10 @@ func nextUsers(users uint) uint {
 }
 
 // publishDemo publishes the values of one producer to topic until ctx ends: one random walk
-// for every subscriber, so every page on the topic shows the same numbers. A value the broker
-// cannot store (NATS unreachable) is skipped: the next one is published anew.
-func publishDemo(ctx context.Context, b *broker, topic string, interval time.Duration) {
+// for every subscriber, so every page on the topic shows the same numbers. private says
+// whether the topic needs a token. A value the broker cannot store (NATS unreachable) is
+// skipped: the next one is published anew.
+func publishDemo(ctx context.Context, b *broker, topic string, private bool, interval time.Duration) {
 	values := make(chan DashBoard, 1)
 	go produce(ctx, values, interval)
 	var data []byte
@@ -78,7 +79,7 @@ func publishDemo(ctx context.Context, b *broker, topic string, interval time.Dur
 			return
 		case v := <-values:
 			data = v.AppendJSON(data[:0])
-			_, _ = b.Publish(ctx, publication{topics: []string{topic}, data: data})
+			_, _ = b.Publish(ctx, publication{topics: []string{topic}, data: data, private: private, ownDialect: true})
 		}
 	}
 }

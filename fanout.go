@@ -32,7 +32,7 @@ type selection struct {
 
 // wants reports whether the selection takes ev.
 func (sel *selection) wants(ev *topicEvent) bool {
-	if ev.private && (sel.reader == nil || !sel.reader(ev.topics)) {
+	if !sel.mayRead(ev.topics, ev.private) {
 		return false
 	}
 	for _, topic := range ev.topics {
@@ -41,6 +41,12 @@ func (sel *selection) wants(ev *topicEvent) bool {
 		}
 	}
 	return sel.matchesAny(ev.topics)
+}
+
+// mayRead reports whether the selection may read an event of topics: a public one, or a
+// private one its reader allows. Live events and replayed ones go through it alike.
+func (sel *selection) mayRead(topics []string, private bool) bool {
+	return !private || sel.reader != nil && sel.reader(topics)
 }
 
 // matchesAny reports whether one of the selection's matchers matches one of topics.
@@ -151,7 +157,7 @@ func (f *fanout) deliver(seq uint64, p *publication, event func() *topicEvent) {
 	topics, private := p.topics, p.private
 	var ev *topicEvent
 	offer := func(sub *subscriber) {
-		if seq <= sub.after || sub.queued == seq || private && (sub.reader == nil || !sub.reader(topics)) {
+		if seq <= sub.after || sub.queued == seq || !sub.mayRead(topics, private) {
 			return
 		}
 		if ev == nil {
@@ -178,11 +184,14 @@ func (f *fanout) deliver(seq uint64, p *publication, event func() *topicEvent) {
 	}
 }
 
-// resync drops every subscriber: events of the sequence will never reach them here, so each
-// must resume from history, or learn with a reset that history no longer has them.
-func (f *fanout) resync() {
+// resync drops every subscriber, and takes the sequence on through seq: events up to it will
+// never reach this process, so each subscriber must resume from history, or learn with a
+// reset that history no longer has them, and so must one that subscribes before the next
+// event arrives.
+func (f *fanout) resync(seq uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.seq = max(f.seq, seq)
 	for _, subs := range f.subscribers {
 		for sub := range subs {
 			f.drop(sub, dropResync)

@@ -337,12 +337,12 @@ func (h *sseHandler) topicsOf(w http.ResponseWriter, r *http.Request) (*topicReq
 		http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
 		return nil, false
 	}
-	expires, refused := h.auth.authorizeSubscribe(r, topics)
+	expires, reader, refused := h.auth.authorizeSubscribe(r, topics)
 	if refused != nil {
 		refuseAuth(w, refused)
 		return nil, false
 	}
-	req := &topicRequest{sel: selection{topics: topics}, expires: expires}
+	req := &topicRequest{sel: selection{topics: topics, reader: reader}, expires: expires}
 	req.lastID, req.hasLastID = lastEventID(r)
 	return req, true
 }
@@ -362,7 +362,7 @@ func (h *sseHandler) subscribe(s *stream, req *topicRequest) (*subscriber, []byt
 	}
 	// A subscriber dropped while its client holds a write up gets that write cut at once.
 	rc := s.rc
-	cut := func() { _ = rc.SetWriteDeadline(time.Now()) }
+	cut := func() { _ = rc.SetWriteDeadline(time.Now().Add(droppedWriteBound)) }
 	ctx, cancel := context.WithTimeout(h.stopCtx, resumeTimeout)
 	sub, err := h.broker.Subscribe(ctx, req.sel, req.lastID, req.hasLastID, cut)
 	cancel()
@@ -378,7 +378,7 @@ func (h *sseHandler) subscribe(s *stream, req *topicRequest) (*subscriber, []byt
 	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.broker.metrics
 	s.lastID, s.queuedSeq = sub.at, sub.at
 	if sub.readTo != 0 && sub.readTo < sub.upTo {
-		s.replayFrom, s.replayMore = sub.readTo, h.replayMore(sub)
+		s.replayFrom, s.replayMore = sub.readTo, h.replayMore(&sub.sub.selection, sub.upTo)
 	}
 	if !req.mercure {
 		return sub.sub, h.topicOpening(sub), nil
@@ -396,14 +396,15 @@ func (h *sseHandler) subscribe(s *stream, req *topicRequest) (*subscriber, []byt
 	return sub.sub, h.topicOpening(sub), nil
 }
 
-// replayMore returns the function with which a stream reads the rest of sub's replay, a
-// chunk at a time from where the last chunk was read to, each within resumeTimeout.
-func (h *sseHandler) replayMore(sub subscription) func(from uint64) ([]*topicEvent, uint64, bool, error) {
+// replayMore returns the function with which a stream reads the rest of its replay of sel,
+// up to upTo, a chunk at a time from where the last chunk was read to, each within
+// resumeTimeout.
+func (h *sseHandler) replayMore(sel *selection, upTo uint64) func(from uint64) ([]*topicEvent, uint64, bool, error) {
 	return func(from uint64) ([]*topicEvent, uint64, bool, error) {
 		ctx, cancel := context.WithTimeout(h.stopCtx, resumeTimeout)
 		defer cancel()
-		events, readTo, err := h.broker.ReplayMore(ctx, &sub.sub.selection, from, sub.upTo)
-		return events, readTo, readTo >= sub.upTo, err
+		events, readTo, err := h.broker.ReplayMore(ctx, sel, from, upTo)
+		return events, readTo, readTo >= upTo, err
 	}
 }
 

@@ -80,11 +80,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	app, streams := newApp(cfg, logger, &ready)
 	if cfg.nats.urls != "" {
 		nb, closeNATS, err := startNATS(ctx, cfg.nats, cfg.stream.History, cfg.stream.SubscriberQueue,
-			streams.broker.metrics, streams.observer, streams.metrics.registry, logger)
+			streams.broker.metrics, streams.observer, streams.auth.isPrivate, streams.metrics.registry, logger)
 		if err != nil {
 			return err
 		}
 		defer closeNATS()
+		nb.hub = streams.broker.hub
 		streams.broker = nb
 	}
 	ln, err := listen(cfg, logger, streams.metrics.acceptErrors)
@@ -104,7 +105,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if cfg.demoTopic != "" {
 		demoCtx, stopDemo := context.WithCancel(ctx)
 		defer stopDemo()
-		go publishDemo(demoCtx, streams.broker, cfg.demoTopic, cfg.stream.Interval)
+		go publishDemo(demoCtx, streams.broker, cfg.demoTopic, streams.auth.isPrivate(cfg.demoTopic), cfg.stream.Interval)
 	}
 	served := make(chan error, 1)
 	go func() { served <- app.Listener(ln) }()

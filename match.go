@@ -145,6 +145,27 @@ func (m *topicMatcher) matchesAnyOf(topics []string) bool {
 	return false
 }
 
+// escapeStrayPercent returns s with every % that does not start a percent-escape written %25.
+func escapeStrayPercent(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && !(i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2])) {
+			b.WriteString("%25")
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// isHex reports whether c is a hexadecimal digit.
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
 // errReservedTopic is what a publish to the hub's own namespace is refused with.
 var errReservedTopic = errors.New("the topic is in the hub's reserved namespace")
 
@@ -153,7 +174,9 @@ var errReservedTopic = errors.New("the topic is in the hub's reserved namespace"
 // are removed and percent-encoded unreserved characters decoded first, so that no spelling
 // of the path slips through; a topic that is no URL reference names no hub path.
 func inReservedNamespace(topic string, hub *url.URL) bool {
-	ref, err := url.Parse(topic)
+	// A % that starts no escape is a literal % to the URL Standard's parser, which matching
+	// uses, but an error to Go's: write it %25, so that both read the same path.
+	ref, err := url.Parse(escapeStrayPercent(topic))
 	if err != nil {
 		return false
 	}

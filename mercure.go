@@ -65,6 +65,7 @@ func checkHubURL(hubURL string) error {
 func newMercureHub(h *sseHandler, cfg mercureConfig) *mercureHub {
 	u, _ := url.Parse(cfg.hubURL)
 	m := &mercureHub{h: h, cfg: cfg, url: u}
+	h.broker.hub = u
 	if cfg.subscriptions {
 		m.table = &activeSubscriptions{prefix: u.Path + "/subscriptions/", active: make(map[string]subscriptionDoc)}
 		h.observe(m.table.observe)
@@ -268,7 +269,7 @@ func (m *mercureHub) publish(w http.ResponseWriter, r *http.Request) {
 	p.publisher = "mercure\x00" + grant.issuer + "\x00" + grant.subject
 	id, err := m.h.broker.Publish(r.Context(), p)
 	switch {
-	case errors.Is(err, errIDTaken), errors.Is(err, errHubID):
+	case errors.Is(err, errIDTaken), errors.Is(err, errHubID), errors.Is(err, errReservedTopic):
 		http.Error(w, "400 bad request: id: "+err.Error(), http.StatusBadRequest)
 		return
 	case err != nil:

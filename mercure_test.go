@@ -594,6 +594,38 @@ func TestMercure_BothDialectsShareTopicsAndHistory(t *testing.T) {
 	}
 }
 
+func TestMercure_PrivateTopicsOfTheOwnDialectStayPrivate(t *testing.T) {
+	// Without -public-topics, every topic of /publish needs a token on /sse: so on Mercure.
+	srv := startMercure(t, "-publish-token", "pub")
+	anonymous := mercureSubscribe(t, srv.url, "match=orders%2F42&match=end", nil)
+	allowed := mercureSubscribe(t, srv.url, "match=orders%2F42&match=end",
+		http.Header{"Authorization": {"Bearer " + hubToken(t, detail([]string{"subscribe"}, "orders/42"))}})
+	own := openStreamAt(t, topicURL(srv.url, "orders/42"), http.Header{"Accept": {"text/event-stream"},
+		"Authorization": {"Bearer " + hs256(t, grant(time.Hour, []string{"orders/*"}, nil))}})
+	own.next(t)
+	id := publishAs(t, srv.adminURL, "pub", "orders/42", "secret")
+	publishUpdate(t, srv.url, publisherAll(t), form("topic", "end", "data", "end"))
+	if got := readUntil(t, anonymous, "end"); len(got) != 0 {
+		t.Errorf("an anonymous Mercure subscriber got %q from a topic that needs a token", got)
+	}
+	if got, want := readUntil(t, allowed, "end"), []string{id + " secret"}; !slices.Equal(got, want) {
+		t.Errorf("a Mercure subscriber whose token grants the topic got %q, want %q", got, want)
+	}
+	if f := own.next(t); f.id != id || f.data != "secret" {
+		t.Errorf("the own dialect's subscriber with a token got %+v, want %s", f, id)
+	}
+	// Nor may /publish forge what only the hub publishes.
+	for _, body := range []string{
+		`{"topic":"/.well-known/mercure/subscriptions/exact/x/y","data":{"active":true}}`,
+		`{"topic":"orders/42","event":"mercure","data":1}`,
+		`{"topic":"orders/42","event":"Mercure","data":1}`,
+	} {
+		if status, answer := publish(t, srv.adminURL, "pub", []byte(body)); status != http.StatusBadRequest {
+			t.Errorf("POST /publish %s: %d %q, want 400: only the hub publishes that", body, status, answer)
+		}
+	}
+}
+
 func TestMercure_TheNPMPublisherAndAnEventSourceClientWorkUnchanged(t *testing.T) {
 	skipShort(t, "node, and the npm mercure and eventsource packages")
 	// Streams end every second: the client resumes with the publisher's ids.

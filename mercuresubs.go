@@ -129,7 +129,7 @@ func (m *mercureHub) announce(subscriber string, subs []mercureSubscription, act
 		doc := subscriptionDoc{ID: m.subscriptionTopic(s.matchType, s.match, subscriber), Type: "subscription",
 			MatchType: s.matchType, Match: s.match, Subscriber: subscriber, Active: active, Payload: s.payload}
 		data, _ := json.Marshal(doc)
-		p := publication{topics: []string{doc.ID}, event: "mercure", data: data, private: true}
+		p := publication{topics: []string{doc.ID}, event: "mercure", data: data, private: true, fromHub: true}
 		if _, err := m.h.broker.Publish(ctx, p); err != nil {
 			m.h.logger.Warn("subscription update not published", "subscription", doc.ID, "active", active, "error", err)
 		}
@@ -165,6 +165,12 @@ func (m *mercureHub) serveSubscriptions(w http.ResponseWriter, r *http.Request) 
 			return
 		}
 	}
+	// The cursor is read before the list: an update that comes in between is then in both,
+	// which a client that reconciles shrugs off, rather than in neither.
+	last := earliestID
+	if seq := m.h.broker.fan.last(); seq > 0 {
+		last = m.h.broker.ids.format(seq)
+	}
 	var body any
 	switch len(parts) {
 	case 0, 1, 2:
@@ -183,10 +189,6 @@ func (m *mercureHub) serveSubscriptions(w http.ResponseWriter, r *http.Request) 
 	default:
 		http.Error(w, "404 not found: the path is not /subscriptions[/{match_type}[/{match}[/{subscriber}]]]", http.StatusNotFound)
 		return
-	}
-	last := earliestID
-	if seq := m.h.broker.fan.last(); seq > 0 {
-		last = m.h.broker.ids.format(seq)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "must-revalidate")

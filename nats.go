@@ -1,11 +1,11 @@
 package main
 
-// The JetStream broker (-nats): topics and their history live in one stream that every
+// The JetStream event store (-nats): topics and their history live in one stream that every
 // replica shares, so an event has the same id on every replica and a client resumes on any
-// of them. Each replica consumes the stream once and hands every event to its local fan-out;
-// a client that resumes reads what it missed with a short-lived consumer of its own, a
-// bounded number of them at once, a chunk at a time. docs/topics.md says how topics map to subjects; docs/deployment.md how to
-// run the NATS cluster.
+// of them. Each replica consumes the stream once and hands every event to its local
+// fan-out; a client that resumes reads what it missed with a short-lived consumer of its
+// own, a bounded number of them at once, a chunk at a time. docs/topics.md says how topics
+// map to subjects; docs/deployment.md how to run the NATS cluster.
 
 import (
 	"context"
@@ -129,11 +129,12 @@ const (
 // headers: "_" is in no topic name of the hub's alphabet, so no topic's subject is this one.
 const manyTopics = "_m"
 
-// subjectOf returns the subject an event of topics is stored under: its topic's, for one
-// topic name of the hub's own alphabet (what /publish sends), else the one for many topics.
-func subjectOf(prefix string, topics []string) string {
-	if len(topics) == 1 && checkTopic(topics[0]) == nil {
-		return topicSubject(prefix, topics[0])
+// subjectOf returns the subject p is stored under: its topic's, for an event of the hub's
+// own dialect (what POST /publish sends, as a NATS client publishing straight would), else
+// the one whose events carry their topics in headers (Mercure's).
+func subjectOf(prefix string, p *publication) string {
+	if p.ownDialect && len(p.topics) == 1 && checkTopic(p.topics[0]) == nil {
+		return topicSubject(prefix, p.topics[0])
 	}
 	return prefix + "." + manyTopics
 }
@@ -167,21 +168,25 @@ type natsStore struct {
 
 	mu    sync.Mutex
 	given idIndex // the events that their publishers gave an id, by that id
+
+	ownPrivate func(topic string) bool // whether a topic of the hub's own dialect needs a token
 }
 
 // startNATS connects to the NATS servers of cfg, creates or updates the stream with the
 // history limits, and returns a broker on it whose fan-out starts after the stream's last
 // event, fed by one consumer, and a function that stops it. Subscribers' queues hold
-// queueLen events each, and observe (if not nil) sees every event in sequence order; the
-// broker counts in hm, and the store's metrics go to reg.
+// queueLen events each, observe (if not nil) sees every event in sequence order, and
+// ownPrivate says which topics of the hub's own dialect need a token; the broker counts in
+// hm, and the store's metrics go to reg.
 func startNATS(ctx context.Context, cfg natsConfig, history historyLimits, queueLen int, hm *hubMetrics,
-	observe func(uint64, *publication), reg *prometheus.Registry, logger *slog.Logger) (*broker, func(), error) {
+	observe func(uint64, *publication), ownPrivate func(string) bool, reg *prometheus.Registry, logger *slog.Logger) (*broker, func(), error) {
 	b := &natsStore{
-		name:    streamName(cfg.prefix),
-		prefix:  cfg.prefix,
-		logger:  logger,
-		replays: make(chan struct{}, cfg.replays),
-		m:       newNATSMetrics(reg),
+		ownPrivate: ownPrivate,
+		name:       streamName(cfg.prefix),
+		prefix:     cfg.prefix,
+		logger:     logger,
+		replays:    make(chan struct{}, cfg.replays),
+		m:          newNATSMetrics(reg),
 	}
 	opts, err := b.options(cfg)
 	if err != nil {
@@ -373,7 +378,7 @@ const consumePause = 100 * time.Millisecond
 // delivered and hands each of its messages to deliver, until it fails; it reports whether
 // it delivered any.
 func (b *natsStore) consumeOnce(ctx context.Context) (bool, error) {
-	cons, err := b.openConsumer(ctx, b.delivered.Load()+1, nil, 30*time.Second)
+	cons, err := b.openConsumer(ctx, b.delivered.Load()+1, 30*time.Second)
 	if err != nil {
 		return false, err
 	}
@@ -416,7 +421,7 @@ func (b *natsStore) resync(missing, next uint64) {
 	b.m.resyncs.Inc()
 	b.logger.Warn("nats stream moved past events this replica never delivered: its topic streams resume from history",
 		"first_missing", missing, "next", next)
-	b.fan.resync()
+	b.fan.resync(next - 1)
 }
 
 // natsRequestTimeout bounds each request to JetStream's API (a consumer made, the stream's
@@ -424,16 +429,15 @@ func (b *natsStore) resync(missing, next uint64) {
 // beats waiting long.
 const natsRequestTimeout = 2 * time.Second
 
-// openConsumer makes a consumer of the stream's subjects (all when nil) from sequence from:
+// openConsumer makes a consumer of the whole stream from sequence from:
 // in memory on one server, no acks, removed by the server once idle for that long.
-func (b *natsStore) openConsumer(ctx context.Context, from uint64, subjects []string, idle time.Duration) (jetstream.Consumer, error) {
+func (b *natsStore) openConsumer(ctx context.Context, from uint64, idle time.Duration) (jetstream.Consumer, error) {
 	ctx, cancel := context.WithTimeout(ctx, natsRequestTimeout)
 	defer cancel()
 	cons, err := b.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Description:       "sse-dashboard",
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:       from,
-		FilterSubjects:    subjects,
 		AckPolicy:         jetstream.AckNonePolicy,
 		MemoryStorage:     true,
 		Replicas:          1,
@@ -484,7 +488,10 @@ func (b *natsStore) decode(subject string, header nats.Header, data []byte) (pub
 	if subject == b.prefix+"."+manyTopics {
 		p.topics = header.Values(headerTopic)
 	} else if topic, ok := subjectTopic(b.prefix, subject); ok {
-		p.topics = []string{topic}
+		p.topics, p.ownDialect = []string{topic}, true
+		// A topic of the hub's own dialect that needs a token is private however it was
+		// published, straight to NATS included.
+		p.private = p.private || b.ownPrivate != nil && b.ownPrivate(topic)
 	}
 	if len(p.topics) == 0 || checkEventType(p.event) != nil {
 		return publication{}, false
@@ -509,7 +516,7 @@ func (b *natsStore) Publish(ctx context.Context, p publication) (uint64, bool, e
 	if p.id != "" && taken {
 		return 0, false, errIDTaken
 	}
-	msg := &nats.Msg{Subject: subjectOf(b.prefix, p.topics), Data: p.data, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: subjectOf(b.prefix, &p), Data: p.data, Header: nats.Header{}}
 	for name, value := range map[string]string{headerEvent: p.event, headerRetry: p.retry, headerID: p.id} {
 		if value != "" {
 			msg.Header.Set(name, value)
@@ -524,7 +531,8 @@ func (b *natsStore) Publish(ctx context.Context, p publication) (uint64, bool, e
 	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(b.name)}
 	keyed := p
 	if keyed.key == "" && p.id != "" {
-		keyed.key, keyed.publisher = "id\x00"+p.id, ""
+		// An id names one event across topics and publishers.
+		keyed.key, keyed.publisher, keyed.topics = "id\x00"+p.id, "", nil
 	}
 	if keyed.key != "" {
 		opts = append(opts, jetstream.WithMsgID(keyed.scopedKey()))
@@ -538,8 +546,8 @@ func (b *natsStore) Publish(ctx context.Context, p publication) (uint64, bool, e
 	}
 	if ack.Duplicate {
 		if err := b.sameEvent(ctx, ack.Sequence, p); err != nil {
-			if p.key == "" {
-				err = errIDTaken
+			if p.key == "" && errors.Is(err, errKeyReused) {
+				err = errIDTaken // no key: it is the publisher's id that was used already
 			}
 			return 0, false, err
 		}
@@ -603,10 +611,10 @@ func firstKept(state jetstream.StreamState) uint64 {
 	return state.FirstSeq
 }
 
-// Replay reads the events of topics after sequence after up to upTo with a consumer
-// filtered to their subjects, after a turn among the replays under way. The stream's first
-// event is checked before the consumer is made, once it exists, and once it is read: limits
-// that removed an event meanwhile give resetHistoryGone, never a replay with a hole.
+// Replay reads the events sel wants after sequence after up to upTo, after a turn among the
+// replays under way. The stream's first event is checked before the replay and once it is
+// read: limits that removed an event meanwhile give resetHistoryGone, never a replay with a
+// hole.
 func (b *natsStore) Replay(ctx context.Context, sel *selection, after, upTo uint64) ([]*topicEvent, uint64, resetReason, error) {
 	if err := b.connected(); err != nil {
 		return nil, 0, "", err
@@ -672,23 +680,25 @@ const maxReplayRead = 4096
 // reached it; every event before unread was read.
 func (b *natsStore) replay(ctx context.Context, sel *selection, after, upTo uint64) (events []*topicEvent, readTo, unread uint64, err error) {
 	b.m.replays.Inc()
-	cons, err := b.openConsumer(ctx, after+1, nil, replayIdle)
+	cons, err := b.openConsumer(ctx, after+1, replayIdle)
 	if err != nil {
 		return nil, 0, 0, err
 	}
 	defer func() { go b.removeConsumer(cons) }()
 	read := after // the last sequence number the consumer delivered
-	// skipped notes the first hole before next in what the consumer delivered.
+	// skipped notes the first hole before next in what the consumer delivered; done
+	// returns the replay, unread being read + 1 when there was none.
 	skipped := func(next uint64) {
 		if unread == 0 && next > read+1 {
 			unread = read + 1
 		}
 	}
-	defer func() {
+	done := func(readTo uint64) ([]*topicEvent, uint64, uint64, error) {
 		if unread == 0 {
 			unread = read + 1
 		}
-	}()
+		return events, readTo, unread, nil
+	}
 	// A heartbeat a second, as for the replica's consumer: a replay whose consumer was lost
 	// with its server fails within two seconds, and its client comes back, rather than
 	// waiting out resumeTimeout. Batches of at most 256 messages.
@@ -715,7 +725,7 @@ func (b *natsStore) replay(ctx context.Context, sel *selection, after, upTo uint
 		seq := meta.Sequence.Stream
 		if seq > upTo {
 			skipped(upTo + 1)
-			return events, upTo, 0, nil
+			return done(upTo)
 		}
 		skipped(seq)
 		read = seq
@@ -729,9 +739,9 @@ func (b *natsStore) replay(ctx context.Context, sel *selection, after, upTo uint
 		}
 		switch {
 		case seq == upTo:
-			return events, upTo, 0, nil
+			return done(upTo)
 		case size >= maxReplayChunk || next >= maxReplayRead:
-			return events, seq, 0, nil
+			return done(seq)
 		}
 	}
 }

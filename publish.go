@@ -94,10 +94,15 @@ func handlePublish(b *broker, token string, auth *authorizer) http.Handler {
 			http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		p := publication{topics: []string{topic}, event: event, data: data, key: key, publisher: publisherOf(token, claims)}
+		p := publication{topics: []string{topic}, event: event, data: data, key: key, publisher: publisherOf(token, claims),
+			private: auth.isPrivate(topic), ownDialect: true}
 		id, err := b.Publish(r.Context(), p)
 		if errors.Is(err, errKeyReused) {
 			http.Error(w, "422 unprocessable content: "+err.Error(), http.StatusUnprocessableEntity)
+			return
+		}
+		if errors.Is(err, errReservedTopic) {
+			http.Error(w, "400 bad request: "+err.Error()+": it is the hub's own, for its subscription updates", http.StatusBadRequest)
 			return
 		}
 		if err != nil {

@@ -148,9 +148,7 @@ func (s *stream) run(opening []byte, events <-chan DashBoard, requestDone <-chan
 // random, so that its clients do not all come back at the same instant. The stream ends
 // either way, so a failed write changes nothing.
 func (s *stream) sayGoodbye() {
-	s.buf = appendRetry(s.buf[:0], s.cfg.spreadRetry(), "server shutting down")
-	_ = s.write(s.buf)
-	s.buf = s.buf[:0]
+	s.sayComeBack("server shutting down")
 }
 
 // sayDropped tells a topic stream's client that the fan-out has dropped its subscription,
@@ -177,6 +175,18 @@ func (s *stream) sayComeBack(comment string) {
 // expired.
 const authExpiredData = `{"reason":"token_expired"}`
 
+// expired reports whether the stream's token has expired, and if so tells its client, so
+// that a long replay never goes on past the token's exp; the stream then ends.
+func (s *stream) expired() bool {
+	select {
+	case <-s.authExpired:
+		s.sayAuthExpired()
+		return true
+	default:
+		return false
+	}
+}
+
 // sayAuthExpired tells a topic stream's client that its token has expired: a retry: with
 // the usual delay, then an auth-expired event without an id, so that the page can get a
 // fresh token or cookie and reconnect with the Last-Event-ID of its last event.
@@ -199,6 +209,9 @@ func (s *stream) writeReplay() (endReason, error) {
 	for {
 		for i, ev := range s.replay {
 			if len(s.buf) > 0 && len(s.buf)+len(ev.frame) > maxReplayWrite {
+				if s.expired() {
+					return endAuthExpired, nil
+				}
 				if err := s.flushTopicEvents(true); err != nil {
 					return s.whyWriteFailed(), err
 				}
@@ -207,6 +220,9 @@ func (s *stream) writeReplay() (endReason, error) {
 			s.replay[i] = nil // written events need not stay in memory for the stream's life
 		}
 		s.replay = nil
+		if s.expired() {
+			return endAuthExpired, nil
+		}
 		if len(s.buf) > 0 {
 			if err := s.flushTopicEvents(true); err != nil {
 				return s.whyWriteFailed(), err
@@ -216,6 +232,10 @@ func (s *stream) writeReplay() (endReason, error) {
 			return "", nil
 		}
 		events, readTo, last, err := s.replayMore(s.replayFrom)
+		if err != nil && s.stop.started() {
+			s.sayGoodbye()
+			return endShutdown, nil
+		}
 		if err != nil {
 			s.sayComeBack("history unavailable: reconnect to resume")
 			return endUnavailable, err
