@@ -293,8 +293,17 @@ func (h *sseHandler) serve(w http.ResponseWriter, r *http.Request, topics *topic
 		}
 		defer h.unsubscribe(s, sub)
 		if topics.announce != nil {
-			topics.announce(true)
-			defer topics.announce(false)
+			// The start is published beside the stream, which need not wait for it; the
+			// end after the start, whatever came first.
+			started := make(chan struct{})
+			go func() {
+				defer close(started)
+				topics.announce(true)
+			}()
+			defer func() {
+				<-started
+				topics.announce(false)
+			}()
 		}
 		reason, err = s.run(opening, nil, r.Context().Done())
 		return
