@@ -319,6 +319,9 @@ func (a *authorizer) verify(token string) (*sseClaims, *authError) {
 	}
 }
 
+// errCritical is the keyFor error for a token whose header names parameters in crit.
+var errCritical = errors.New("the token's header has crit parameters, which are not understood")
+
 // errNoKey is the keyFor error for a token that no configured key may verify.
 var errNoKey = errors.New("no key for this algorithm and kid")
 
@@ -328,6 +331,11 @@ var errNoKey = errors.New("no key for this algorithm and kid")
 // only its own algorithms, so the RSA key is never used as an HMAC secret. A header that
 // names a member twice (alg or kid read as the last of two) is refused first.
 func (a *authorizer) keyFor(t *jwt.Token) (any, error) {
+	// RFC 7515, section 4.1.11: a header parameter the verifier must understand, and this
+	// one understands none.
+	if _, ok := t.Header["crit"]; ok {
+		return nil, errCritical
+	}
 	segment, _, _ := strings.Cut(t.Raw, ".")
 	header, err := base64.RawURLEncoding.DecodeString(segment)
 	if err != nil {

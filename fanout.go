@@ -257,7 +257,7 @@ type matcherGroup struct {
 }
 
 // maxSeenTopics bounds what a matcher group remembers; past it, it starts afresh.
-const maxSeenTopics = 4096
+const maxSeenTopics = 1024
 
 // matchesAny reports whether g's matcher matches one of topics. Called with the fan-out's mu held.
 func (g *matcherGroup) matchesAny(topics []string) bool {
@@ -275,6 +275,13 @@ func (g *matcherGroup) matchesAny(topics []string) bool {
 		}
 	}
 	return false
+}
+
+// patternCount returns the number of distinct matchers that every event is tried on.
+func (f *fanout) patternCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.patterns)
 }
 
 // last returns the sequence number of the last event delivered.

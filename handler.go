@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -336,7 +337,13 @@ func (h *sseHandler) topicsOf(w http.ResponseWriter, r *http.Request) (*topicReq
 	if r.URL.RawQuery == "" {
 		return nil, true
 	}
-	names, ok := r.URL.Query()["topic"]
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	names, ok := query["topic"]
+	if err != nil && (ok || strings.Contains(r.URL.RawQuery, "topic=")) {
+		h.metrics.rejected[rejectBadRequest].Inc()
+		http.Error(w, "400 bad request: the query is not application/x-www-form-urlencoded: "+err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
 	if !ok {
 		return nil, true
 	}

@@ -72,16 +72,44 @@ func newTopicMatcher(typ, pattern, base string) (*topicMatcher, error) {
 	case matchExact:
 	case matchURLPattern:
 		if m.url, err = urlpattern.New(pattern, base, nil); err != nil {
-			return nil, fmt.Errorf("%q is not a URL Pattern: %v", pattern, err)
+			return nil, fmt.Errorf("%q is not a URL Pattern", pattern)
+		}
+		// A regular-expression group with a counted repeat ({1000}) compiles to a program
+		// as many times larger, which each match walks: refused, as the spec lets a hub
+		// bound what a pattern costs.
+		if m.url.HasRegexpGroups() && strings.ContainsRune(pattern, '{') {
+			return nil, fmt.Errorf("%q has a regular-expression group with a counted repeat ({n}), which this hub refuses: use :name, * or a group without {}", pattern)
 		}
 	case matchURITemplate:
 		if m.tmpl, err = uritemplate.New(pattern); err != nil {
-			return nil, fmt.Errorf("%q is not a URI Template: %v", pattern, err)
+			return nil, fmt.Errorf("%q is not a URI Template", pattern)
+		}
+		if len(m.tmpl.Varnames()) > maxTemplateVariables {
+			return nil, fmt.Errorf("%q has more than %d variables", pattern, maxTemplateVariables)
+		}
+		// The template's regular expression is built here, once: built on the first
+		// match instead, one that cannot compile would fail every publish after.
+		if !compiles(m.tmpl) {
+			return nil, fmt.Errorf("%q is not a URI Template this hub can match", pattern)
 		}
 	default:
 		return nil, fmt.Errorf("the matcher type %q is not supported: use exact or urlpattern", typ)
 	}
 	return m, nil
+}
+
+// maxTemplateVariables is the most variables a URI Template may name.
+const maxTemplateVariables = 32
+
+// compiles builds t's regular expression and reports whether it could: the library panics
+// on one it cannot compile.
+func compiles(t *uritemplate.Template) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	return t.Regexp() != nil
 }
 
 // newLegacyMatcher compiles a 0.x topic= selector: "*", a URI Template if it holds an

@@ -25,6 +25,8 @@ const mercurePath = "/.well-known/mercure"
 const (
 	maxMatchers         = 128      // topic matchers one subscription request carries
 	maxPatternBytes     = 2 << 10  // bytes of URL Patterns and URI Templates in one request: each compiles to regular expressions, up to ~100 KiB for 2 KiB of pattern
+	maxPatterns         = 16       // URL Patterns and URI Templates in one request
+	maxHubPatterns      = 4096     // distinct URL Patterns and URI Templates the hub tries on each event
 	maxPublishTopics    = 32       // topics one update names
 	maxMercurePublish   = 64 << 10 // bytes of a publish form
 	maxMercureEventType = 256      // bytes of an update's type
@@ -103,6 +105,13 @@ func (m *mercureHub) subscription(w http.ResponseWriter, r *http.Request) (*topi
 	if err != nil {
 		return m.badRequest(w, err.Error())
 	}
+	// Every distinct pattern is tried on every event, under the fan-out's lock: past a bound,
+	// new ones wait for old ones to go.
+	if len(sel.matchers) > 0 && m.h.broker.fan.patternCount()+len(sel.matchers) > maxHubPatterns {
+		w.Header().Set("Retry-After", fmt.Sprint(retryAfterSeconds(m.h.cfg.Retry)))
+		http.Error(w, fmt.Sprintf("503 service unavailable: the hub holds %d distinct URL Patterns and URI Templates, its most: retry later, or subscribe with match=", maxHubPatterns), http.StatusServiceUnavailable)
+		return nil, false
+	}
 	req := &topicRequest{mercure: true}
 	grant, present, refused := m.h.auth.mercureToken(r, m.cfg.hubURL, legacy)
 	switch {
@@ -135,7 +144,7 @@ func (m *mercureHub) subscription(w http.ResponseWriter, r *http.Request) (*topi
 func (m *mercureHub) selection(query url.Values) (selection, []mercureSubscription, bool, error) {
 	var sel selection
 	var subs []mercureSubscription
-	count, patternBytes := 0, 0
+	count, patterns, patternBytes := 0, 0, 0
 	for name, values := range query {
 		var typ string
 		switch {
@@ -166,6 +175,9 @@ func (m *mercureHub) selection(query url.Values) (selection, []mercureSubscripti
 			if matcher.typ != matchExact && !matcher.all {
 				if patternBytes += len(value); patternBytes > maxPatternBytes {
 					return sel, nil, false, fmt.Errorf("the URL Patterns and URI Templates of a subscription hold at most %d bytes in all", maxPatternBytes)
+				}
+				if patterns++; patterns > maxPatterns {
+					return sel, nil, false, fmt.Errorf("a subscription carries at most %d URL Patterns and URI Templates", maxPatterns)
 				}
 			}
 			if topic, ok := matcher.exactTopic(); ok {
@@ -306,6 +318,8 @@ func (m *mercureHub) parsePublication(form string) (publication, int, error) {
 		private: values.Has("private"), id: values.Get("id"), event: values.Get("type"), retry: values.Get("retry")}
 	for _, topic := range topics {
 		switch err := checkTopicValue("a topic", topic); {
+		case topic == "":
+			return publication{}, http.StatusBadRequest, errors.New("a topic is empty")
 		case err != nil && len(topic) > maxMatcherLength:
 			return publication{}, http.StatusRequestEntityTooLarge, err
 		case err != nil:

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -237,6 +239,16 @@ func TestMercureSpec_Subscription_RefusesBadRequestsWith400(t *testing.T) {
 		{"bad URI template", "topic=https%3A%2F%2Fexample.com%2F%7Bid", "not a URI Template"},
 		{"matcher too long", "match=" + strings.Repeat("a", maxMatcherLength+1), "bytes long"},
 		{"too many matchers", strings.Repeat("match=a&", maxMatchers+1), fmt.Sprintf("at most %d topic matchers", maxMatchers)},
+		{"a template of many variables", "topic=" + url.QueryEscape("{"+strings.Repeat("a,", 1001)+"a}"), "is not a URI Template"},
+		{"a template of many names", "topic=" + url.QueryEscape("{"+func() string {
+			var names []string
+			for i := range 40 {
+				names = append(names, fmt.Sprintf("v%d", i))
+			}
+			return strings.Join(names, ",")
+		}()+"}"), "more than 32 variables"},
+		{"a counted repeat in a pattern", "match_urlpattern=" + url.QueryEscape("https://example.com/:x([^/]{1000})"), "counted repeat"},
+		{"too many patterns", strings.Repeat("match_urlpattern=%2Fa%2F%3Aid&", maxPatterns+1), fmt.Sprintf("at most %d URL Patterns", maxPatterns)},
 		{"patterns over their bytes", strings.Repeat("match_urlpattern=%2F"+strings.Repeat("a", 600)+"%2F%3Aid&", 4), fmt.Sprintf("at most %d bytes in all", maxPatternBytes)},
 		{"not a form", "match=a%zz", "not application/x-www-form-urlencoded"},
 	} {
@@ -289,6 +301,7 @@ func TestMercureSpec_Publication_RefusesBadUpdates(t *testing.T) {
 		want   string
 	}{
 		{"no topic", form("data", "x"), 400, "topic is missing"},
+		{"an empty topic", form("topic", ""), 400, "a topic is empty"},
 		{"the wildcard", form("topic", "*"), 400, "wildcard"},
 		{"the hub's path", form("topic", mercurePath+"/subscriptions/exact/a/b"), 400, "reserved namespace"},
 		{"the hub's path, absolute", form("topic", "https://hub.example"+mercurePath+"/subscriptions/x"), 400, "reserved namespace"},
@@ -696,5 +709,43 @@ func TestMercure_NATSReplicasShareUpdatesPrivateRulesAndIds(t *testing.T) {
 		if got := nextLines(t, s, len(want)); !slices.Equal(got, want) {
 			t.Errorf("resumed on %s after urn:book:2: got %q, want %q", name, got, want)
 		}
+	}
+}
+
+func TestMercure_HostileInputsGetTheirStatus(t *testing.T) {
+	srv := startMercure(t, "-mercure-subscriptions")
+	// Go's client refuses to send a path with a stray %: a raw request does.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET "+mercurePath+"/subscriptions/exact/%zz HTTP/1.1\r\nHost: x\r\n\r\n")
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a stray %% in the subscription API's path: %v %v, want 400", resp, err)
+	}
+	for _, c := range []struct {
+		name, target string
+		header       http.Header
+		status       int
+	}{
+		{"a stray % in a topic of /sse", "/sse?topic=%zz", nil, 400},
+		{"a token whose header has crit", mercurePath + "?match=a", http.Header{"Authorization": {"Bearer " + func() string {
+			token := jwt.NewWithClaims(jwt.SigningMethodHS256, accessClaims(time.Hour, detail([]string{"subscribe"}, "*")))
+			token.Header["typ"], token.Header["crit"] = "at+jwt", []string{"exp"}
+			signed, _ := token.SignedString([]byte(testSecret))
+			return signed
+		}()}}, 401},
+	} {
+		if status, _, body := getTopic(t, srv, http.MethodGet, c.target, c.header); status != c.status {
+			t.Errorf("%s: %d %q, want %d", c.name, status, body, c.status)
+		}
+	}
+	// A subscriber with a URI Template does not stand in any publisher's way.
+	s := mercureSubscribe(t, srv.url, "topic="+url.QueryEscape("https://example.com/{a}/{b}"), nil)
+	id := publishUpdate(t, srv.url, publisherAll(t), form("topic", "https://example.com/x/y", "data", "z"))
+	if f := s.next(t); f.id != id {
+		t.Errorf("the template's subscriber got %+v, want %s", f, id)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
@@ -52,7 +53,7 @@ func rejectUnknownVersions(c *fiber.Ctx) error {
 }
 
 // rejectAmbiguousPaths answers 400 to a path with dot segments, encoded slashes, dots or
-// backslashes. Only scanners send them, and serving what they normalise to would hide
+// backslashes, or a % that starts no escape. Only scanners send them, and serving what they normalise to would hide
 // what was asked for. Under the Mercure subscription API, whose path segments are
 // percent-encoded topics and matchers, only dot segments and backslashes are refused.
 func rejectAmbiguousPaths(c *fiber.Ctx) error {
@@ -60,7 +61,8 @@ func rejectAmbiguousPaths(c *fiber.Ctx) error {
 	lower := strings.ToLower(target)
 	encoded := !strings.HasPrefix(target, mercurePath+"/subscriptions/") &&
 		(strings.Contains(lower, "%2f") || strings.Contains(lower, "%2e") || strings.Contains(lower, "%5c"))
-	if strings.Contains(target+"/", "/../") || strings.Contains(target+"/", "/./") || strings.ContainsRune(target, '\\') || encoded {
+	_, badEscape := url.PathUnescape(target)
+	if strings.Contains(target+"/", "/../") || strings.Contains(target+"/", "/./") || strings.ContainsRune(target, '\\') || encoded || badEscape != nil {
 		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
 		return c.Status(fiber.StatusBadRequest).SendString("400 bad request: path has dot segments or encoded separators\n")
 	}
