@@ -303,6 +303,18 @@ func (b *broker) Subscribe(ctx context.Context, sel selection, lastID string, ha
 			b.fan.unsubscribe(sub)
 			return subscription{}, err
 		}
+		// "earliest" asks for whatever is kept: history that moved on while it was read is
+		// read again from where it now starts, never answered with a reset.
+		for tries := 0; lastID == earliestID && reason == resetHistoryGone && tries < 3; tries++ {
+			var oldest uint64
+			if oldest, err = b.store.Oldest(ctx); err == nil {
+				reason, err = b.resume(ctx, &s, oldest-1)
+			}
+			if err != nil {
+				b.fan.unsubscribe(sub)
+				return subscription{}, err
+			}
+		}
 	}
 	if reason == resetFuture {
 		// Subscribed to skip events the sequence has not reached: subscribe afresh.
