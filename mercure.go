@@ -158,6 +158,9 @@ func (m *mercureHub) selection(query url.Values) (selection, []mercureSubscripti
 			continue
 		}
 		for _, value := range values {
+			// A copy: the request's strings may point into buffers that fasthttp reuses,
+			// and a matcher lives as long as its stream.
+			value = strings.Clone(value)
 			if count++; count > maxMatchers {
 				return sel, nil, false, fmt.Errorf("a subscription carries at most %d topic matchers", maxMatchers)
 			}
@@ -171,7 +174,7 @@ func (m *mercureHub) selection(query url.Values) (selection, []mercureSubscripti
 			if err != nil {
 				return sel, nil, false, fmt.Errorf("%s: %v", name, err)
 			}
-			subs = append(subs, mercureSubscription{matchType: matcher.typ, match: strings.Clone(value)})
+			subs = append(subs, mercureSubscription{matchType: matcher.typ, match: value})
 			if matcher.typ != matchExact && !matcher.all {
 				if patternBytes += len(value); patternBytes > maxPatternBytes {
 					return sel, nil, false, fmt.Errorf("the URL Patterns and URI Templates of a subscription hold at most %d bytes in all", maxPatternBytes)
@@ -182,7 +185,7 @@ func (m *mercureHub) selection(query url.Values) (selection, []mercureSubscripti
 			}
 			if topic, ok := matcher.exactTopic(); ok {
 				if !slices.Contains(sel.topics, topic) {
-					sel.topics = append(sel.topics, strings.Clone(topic))
+					sel.topics = append(sel.topics, topic)
 				}
 				continue
 			}
@@ -203,7 +206,7 @@ func mercureLastID(r *http.Request, query url.Values) (string, bool) {
 	}
 	for _, name := range []string{"last_event_id", "lastEventID"} {
 		if value := query.Get(name); value != "" {
-			return value, true
+			return strings.Clone(value), true
 		}
 	}
 	return "", false
