@@ -12,7 +12,7 @@ help: ## list the targets
 
 # Most tests marked parallel wait on timers and sockets, not on the CPU: -parallel 16 lets
 # them wait together on 2 cores.
-check: ## gofmt, go vet and the fast tests (go test -short), under 20 s: the inner loop
+check: ## gofmt, go vet and the fast tests (go test -short), about 20 s with a warm build cache: the inner loop
 	@test -z "$$(gofmt -l .)" || { echo "gofmt would change:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -short -race -count=1 -parallel 16 ./...
