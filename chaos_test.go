@@ -13,82 +13,13 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
-
-// eventRecorder is one EventSource on some topics that records every event it receives,
-// reset events included, in the order they came.
-type eventRecorder struct {
-	topics []string
-	mu     sync.Mutex
-	got    []sseEvent
-}
-
-// events returns a copy of what the recorder has received so far.
-func (r *eventRecorder) events() []sseEvent {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.got)
-}
-
-// reached reports whether the recorder has an event or reset at sequence seq or later.
-func (r *eventRecorder) reached(seq uint64) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, ev := range slices.Backward(r.got) {
-		if n, ok := eventSeq(ev.id); ok {
-			return n >= seq
-		}
-	}
-	return false
-}
-
-// eventRecorders are many recorders, each an sseClient of its own.
-type eventRecorders struct {
-	all    []*eventRecorder
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-}
-
-// startEventRecorders starts n recorders at base, the i-th on choices[i%len(choices)], each
-// with the HTTP client newClient returns, and stops them when the test ends.
-func startEventRecorders(t *testing.T, base string, newClient func() *http.Client, n int, choices [][]string) *eventRecorders {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	rs := &eventRecorders{cancel: cancel}
-	t.Cleanup(rs.stop)
-	for i := range n {
-		r := &eventRecorder{topics: choices[i%len(choices)]}
-		rs.all = append(rs.all, r)
-		client := newClient()
-		c := newSSEClient(topicURL(base, r.topics...), client)
-		c.onEvent = func(ev sseEvent) {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.got = append(r.got, ev)
-		}
-		rs.wg.Go(func() {
-			defer client.CloseIdleConnections()
-			if err := c.run(ctx); err != nil {
-				t.Errorf("subscriber %d on %v: %v", i, r.topics, err)
-			}
-		})
-	}
-	return rs
-}
-
-// stop ends every recorder and waits until each has returned.
-func (rs *eventRecorders) stop() {
-	rs.cancel()
-	rs.wg.Wait()
-}
 
 // eventSeq returns the sequence number in an id, epoch-seq, and whether it is one.
 func eventSeq(id string) (uint64, bool) {
@@ -231,7 +162,7 @@ func TestNATS_ChaosEverySubscriberGetsThePublishedListOrAResetWhereHistoryWasLos
 	admins := []string{replicas[0].proc.adminURL, replicas[1].proc.adminURL}
 	px := startNginx(t, []string{replicas[0].addr, replicas[1].addr})
 	choices := [][]string{{"a"}, {"b"}, {"c"}, {"a", "b"}, {"b", "c"}, {"a", "b", "c"}}
-	recorders := startEventRecorders(t, px.url, px.client, subscribers, choices)
+	recorders := startTopicSubscribers(t, []string{px.url}, px.client, subscribers, choices)
 	eventually(t, 60*time.Second, "every subscriber subscribed", func() bool { return subscribed(admins...) == subscribers })
 	onCut := scrape(t, admins[1])["sse_hub_subscribers"]
 
@@ -307,11 +238,11 @@ func TestNATS_ChaosEverySubscriberGetsThePublishedListOrAResetWhereHistoryWasLos
 		}
 	}
 	wants := make([][]published, subscribers)
-	for i, r := range recorders.all {
+	for i, r := range recorders.subs {
 		wants[i] = publishedTo(all, r.topics)
 	}
 	eventually(t, 60*time.Second, "every subscriber has reached the last event of its topics", func() bool {
-		for i, r := range recorders.all {
+		for i, r := range recorders.subs {
 			if len(wants[i]) > 0 && !r.reached(wants[i][len(wants[i])-1].seq) {
 				return false
 			}
@@ -321,7 +252,7 @@ func TestNATS_ChaosEverySubscriberGetsThePublishedListOrAResetWhereHistoryWasLos
 	recorders.stop()
 
 	resets, withResets, skipped := 0, 0, 0
-	for i, r := range recorders.all {
+	for i, r := range recorders.subs {
 		got := checkResumed(r.events(), wants[i])
 		if got.problem != "" {
 			t.Errorf("subscriber %d of %v, %d events received, %d published to its topics: %s",

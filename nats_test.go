@@ -388,9 +388,29 @@ func TestNATS_OutageKeepsStreamsOpenRefusesPublishesAndLosesNothing(t *testing.T
 type topicSubscriber struct {
 	topics []string
 	mu     sync.Mutex
-	got    []string // "id data" of each event, in order
+	got    []string   // "id data" of each event, in order
+	all    []sseEvent // each event whole, reset events included, in order
 	lastAt time.Time
 	gap    time.Duration // longest wait between two events, reconnects included
+}
+
+// reached reports whether the subscriber has an event or reset at sequence seq or later.
+func (sub *topicSubscriber) reached(seq uint64) bool {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	for _, ev := range slices.Backward(sub.all) {
+		if n, ok := eventSeq(ev.id); ok {
+			return n >= seq
+		}
+	}
+	return false
+}
+
+// events returns a copy of every event the subscriber has received so far.
+func (sub *topicSubscriber) events() []sseEvent {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return slices.Clone(sub.all)
 }
 
 // topicSubscribers are many subscribers, each an sseClient of its own on one of choices of
@@ -412,7 +432,8 @@ func startTopicSubscribers(t *testing.T, bases []string, newClient func() *http.
 	for i := range n {
 		sub := &topicSubscriber{topics: choices[i%len(choices)]}
 		ts.subs = append(ts.subs, sub)
-		c := newSSEClient(topicURL(bases[i%len(bases)], sub.topics...), newClient())
+		client := newClient()
+		c := newSSEClient(topicURL(bases[i%len(bases)], sub.topics...), client)
 		c.onEvent = func(ev sseEvent) {
 			sub.mu.Lock()
 			defer sub.mu.Unlock()
@@ -421,14 +442,14 @@ func startTopicSubscribers(t *testing.T, bases []string, newClient func() *http.
 			}
 			sub.lastAt = ev.at
 			sub.got = append(sub.got, ev.id+" "+ev.data)
+			sub.all = append(sub.all, ev)
 		}
-		ts.wg.Add(1)
-		go func() {
-			defer ts.wg.Done()
+		ts.wg.Go(func() {
+			defer client.CloseIdleConnections()
 			if err := c.run(ctx); err != nil {
-				t.Errorf("subscriber %d: %v", i, err)
+				t.Errorf("subscriber %d on %v: %v", i, sub.topics, err)
 			}
-		}()
+		})
 	}
 	return ts
 }
