@@ -1054,10 +1054,13 @@ func BenchmarkTopicStream(b *testing.B) {
 				}
 				// A stream writes each sequence number once: every event is a new one.
 				for seq := uint64(1); ; seq++ {
-					select {
-					case sub.queue <- &topicEvent{seq: seq, topics: []string{"orders/1"}, frame: frame}:
-					case <-done:
-						return
+					for !sub.queue.push(&topicEvent{seq: seq, topics: []string{"orders/1"}, frame: frame}) {
+						select {
+						case <-done:
+							return
+						default:
+							runtime.Gosched() // full: the stream is writing
+						}
 					}
 				}
 			}()

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"sync"
@@ -222,14 +221,7 @@ func (c *closeWatcher) close() {
 // adaptor's *fasthttp.RequestCtx does, unwrapped from the listener's trackedConn; nil
 // otherwise.
 func socketOf(r *http.Request) syscall.RawConn {
-	owner, ok := r.Context().(interface{ Conn() net.Conn })
-	if !ok {
-		return nil
-	}
-	conn := owner.Conn()
-	if tracked, ok := conn.(*trackedConn); ok {
-		conn = tracked.Conn
-	}
+	conn, _ := connOf(r)
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
 		return nil

@@ -71,17 +71,77 @@ const (
 )
 
 // subscriber is one stream's subscription. The fan-out sends it every event of its topics
-// without ever waiting; it ends it instead (closes queue, sets dropped and calls onDrop,
+// without ever waiting, or ends it instead (closes queue, sets dropped and calls onDrop,
 // which cuts a write the stream may be blocked in), and the stream ends so that its client
 // resumes from history.
 type subscriber struct {
 	selection
-	queue   chan *topicEvent
+	queue   eventQueue
 	onDrop  func()
 	dropped atomic.Int32 // a dropCause
 	active  bool         // subscribed to its topics; guarded by the fan-out's mu
 	after   uint64       // events up to this sequence number are not queued: its client has them
 	queued  uint64       // the last event queued, so that one reached by two topics is queued once; guarded by mu
+}
+
+// eventQueue holds the events the fan-out hands one subscriber until its stream takes
+// them, at most limit. Its memory follows the most events that have waited in it at once,
+// not its limit: a subscriber that keeps up holds a slot or two, one that has only
+// subscribed none. ready has a token while events wait or once the queue is closed, which
+// is what the stream waits on.
+type eventQueue struct {
+	ready  chan struct{}
+	mu     sync.Mutex
+	events []*topicEvent
+	spare  []*topicEvent // the slice take handed out last, reused once it is given back
+	limit  int
+	closed bool
+}
+
+// init makes an empty queue of at most limit events.
+func (q *eventQueue) init(limit int) {
+	q.ready, q.limit = make(chan struct{}, 1), limit
+}
+
+// push adds ev to the queue and wakes its stream; it reports false, adding nothing, when the
+// queue is full or closed.
+func (q *eventQueue) push(ev *topicEvent) bool {
+	q.mu.Lock()
+	if q.closed || len(q.events) >= q.limit {
+		q.mu.Unlock()
+		return false
+	}
+	q.events = append(q.events, ev)
+	q.mu.Unlock()
+	q.wake()
+	return true
+}
+
+// close tells the stream, once it has taken what waits, that no event will come.
+func (q *eventQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.wake()
+}
+
+// wake leaves a token in ready, unless one is there already.
+func (q *eventQueue) wake() {
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take returns every event waiting, oldest first, and whether the queue is closed; the
+// slice is the caller's until its next take.
+func (q *eventQueue) take() ([]*topicEvent, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	events := q.events
+	clear(q.spare)
+	q.events, q.spare = q.spare[:0], events
+	return events, q.closed
 }
 
 // fanout holds this process's subscribers by exact topic, those with matchers grouped by
@@ -115,7 +175,8 @@ func newFanout(queueLen int, seq uint64) *fanout {
 // to after, which its client has already. onDrop is called under that lock if the
 // subscriber is dropped, so it must not block.
 func (f *fanout) subscribe(sel selection, after uint64, onDrop func()) (*subscriber, uint64) {
-	sub := &subscriber{selection: sel, queue: make(chan *topicEvent, f.queueLen), onDrop: onDrop, active: true, after: after}
+	sub := &subscriber{selection: sel, onDrop: onDrop, active: true, after: after}
+	sub.queue.init(f.queueLen)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, m := range sel.matchers {
@@ -164,9 +225,7 @@ func (f *fanout) deliver(seq uint64, p *publication, event func() *topicEvent) {
 			ev = event()
 		}
 		sub.queued = seq
-		select {
-		case sub.queue <- ev:
-		default:
+		if !sub.queue.push(ev) {
 			f.drop(sub, dropTooSlow)
 		}
 	}
@@ -210,7 +269,7 @@ func (f *fanout) resync(seq uint64) {
 func (f *fanout) drop(sub *subscriber, cause dropCause) {
 	f.remove(sub)
 	sub.dropped.Store(int32(cause))
-	close(sub.queue)
+	sub.queue.close()
 	if sub.onDrop != nil {
 		sub.onDrop()
 	}

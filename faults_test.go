@@ -156,9 +156,15 @@ func (c *canaries) check(maxWait time.Duration) int {
 	return c.gaps
 }
 
+// streamHandlers counts the goroutines that serve a stream: a request's handler, or the
+// goroutine a stream goes on on once its connection is taken over.
+func streamHandlers() int {
+	return goroutinesIn((*sseHandler).ServeHTTP, (*sseHandler).follow, (*sseHandler).followTaken)
+}
+
 // streamGoroutines counts the goroutines that belong to open streams: handlers and producers.
 func streamGoroutines() int {
-	return goroutinesIn(produce) + goroutinesIn((*sseHandler).ServeHTTP)
+	return goroutinesIn(produce) + streamHandlers()
 }
 
 // service is a running sse-dashboard as expectBaseline sees it: a *testServer in this

@@ -268,48 +268,93 @@ func (h *sseHandler) serve(w http.ResponseWriter, r *http.Request, topics *topic
 	}
 	// However the stream ends, a panic and a failed take-over included, its end is counted
 	// and its place given back, so that opened - ended is the streams open at every moment.
-	start := time.Now()
-	reason, err := endError, errPanicked
-	defer func() { h.ended(s, reason, err, time.Since(start)) }()
+	life := &streamLife{s: s, start: time.Now(), reason: endError, err: errPanicked}
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			h.end(life)
+		}
+	}()
 	setStreamHeaders(header)
 	s.watch = h.closes.watch(r)
 	s.w, s.rc = w, http.NewResponseController(w)
-	if !r.ProtoAtLeast(1, 1) {
-		var cd *closeDelimited
-		if cd, err = hijackCloseDelimited(s.rc, header); err != nil {
-			return
-		}
-		defer cd.Close()
-		s.w, s.rc = cd, http.NewResponseController(cd)
-	}
-	h.track(s)
-	defer h.untrack(s)
-	if topics != nil {
-		// The stream runs here, not in subscribe: one frame less on a stack that every open
-		// stream keeps.
-		sub, opening, unavailable := h.subscribe(s, topics)
-		if unavailable != nil {
-			reason, err = endUnavailable, unavailable
-			return
-		}
-		defer h.unsubscribe(s, sub)
-		if topics.announce != nil {
-			// The start is published beside the stream, which need not wait for it; the
-			// end after the start, whatever came first.
-			started := make(chan struct{})
-			go func() {
-				defer close(started)
-				topics.announce(true)
-			}()
-			defer func() {
-				<-started
-				topics.announce(false)
-			}()
-		}
-		reason, err = s.run(opening, nil, r.Context().Done())
+	taken, err := h.takeOver(s, r)
+	if err != nil {
+		life.err = err
 		return
 	}
+	life.taken = taken
+	h.track(s)
+	life.tracked = true
+	if topics != nil && !h.start(life, topics) {
+		return
+	} else if topics == nil {
+		h.startRandom(life, r)
+	}
+	life.requestDone = r.Context().Done()
+	if life.taken == nil {
+		handedOver = true
+		h.follow(life)
+		return
+	}
+	// The connection is the stream's now, and the handler may return: the stream goes on
+	// on a goroutine of its own, whose stack holds only what the stream needs, not the
+	// frames of the request's conversion and checks below this one.
+	handedOver = true
+	go h.followTaken(life)
+}
 
+// streamLife is what a stream holds from the moment it is admitted to its end, so that
+// its end gives back everything, whichever goroutine it ends on.
+type streamLife struct {
+	s     *stream
+	start time.Time
+	// why the stream ended; until it runs, the reason a panic or a failed start leaves
+	reason endReason
+	err    error
+
+	taken       *takenConn // the connection taken over from the server, if it was
+	tracked     bool       // among the streams whose writes Shutdown bounds
+	opening     []byte
+	events      <-chan DashBoard // a random stream's producer's events
+	requestDone <-chan struct{}
+
+	sub          *subscriber        // a topic stream's subscription
+	announce     func(active bool)  // publishes the subscription's end, once its start is out
+	announced    chan struct{}      // closed once the start is published
+	stopProducer context.CancelFunc // a random stream's producer
+}
+
+// start subscribes a topic stream to what it asks for, and publishes that the subscription
+// started if asked to. It reports false if the stream cannot go on: history it must
+// resume from is unavailable now.
+//
+//go:noinline
+func (h *sseHandler) start(life *streamLife, topics *topicRequest) bool {
+	sub, opening, unavailable := h.subscribe(life.s, topics)
+	if unavailable != nil {
+		life.reason, life.err = endUnavailable, unavailable
+		return false
+	}
+	life.sub, life.opening = sub, opening
+	if topics.announce != nil {
+		// The start is published beside the stream, which need not wait for it; the end
+		// after the start, whatever came first.
+		life.announce, life.announced = topics.announce, make(chan struct{})
+		go func() {
+			defer close(life.announced)
+			topics.announce(true)
+		}()
+	}
+	return true
+}
+
+// startRandom starts the producer of a stream of random values, from the id after the
+// client's Last-Event-ID.
+//
+//go:noinline
+func (h *sseHandler) startRandom(life *streamLife, r *http.Request) {
+	s := life.s
 	client := newClient(s.name, h.cfg.Buffer)
 	lastID, resumed := resumeID(r)
 	s.nextID, s.lastID = lastID+1, lastID
@@ -317,12 +362,103 @@ func (h *sseHandler) serve(w http.ResponseWriter, r *http.Request, topics *topic
 	// The producer gets a context of its own: deriving one from r.Context() would cost
 	// a goroutine per stream under the adaptor, and that context ends only at shutdown.
 	ctx, stopProducer := context.WithCancel(context.Background())
-	defer stopProducer()
 	go produce(ctx, client.events, h.cfg.Interval)
 	if h.logger.Enabled(ctx, slog.LevelDebug) {
 		s.logger = h.logger
 	}
-	reason, err = s.run(h.opening, client.events, r.Context().Done())
+	life.events, life.opening, life.stopProducer = client.events, h.opening, stopProducer
+}
+
+// follow runs the stream until it ends, then ends it.
+func (h *sseHandler) follow(life *streamLife) {
+	defer h.end(life)
+	opening := life.opening
+	life.opening = nil // sent once: the stream need not keep it
+	life.reason, life.err = life.s.run(opening, life.events, life.requestDone)
+}
+
+// followTaken runs a stream whose connection was taken over, on a goroutine of its own: a
+// panic ends the stream and is logged, and the server goes on. It does what follow does
+// itself, one frame less on a stack that every open stream keeps.
+func (h *sseHandler) followTaken(life *streamLife) {
+	defer func() {
+		if v := recover(); v != nil {
+			h.logger.Error("panic in stream", "client", life.s.name, "panic", v, "stack", string(debug.Stack()))
+		}
+	}()
+	defer h.end(life)
+	opening := life.opening
+	life.opening = nil
+	life.reason, life.err = life.s.run(opening, life.events, life.requestDone)
+}
+
+// end gives back what the stream held, in the reverse order of taking it, and counts and
+// logs its end. It is a function of its own so that the stack frames that every open
+// stream keeps stay small.
+//
+//go:noinline
+func (h *sseHandler) end(life *streamLife) {
+	// Last, once the connection is closed: Wait returns when every stream has ended so.
+	defer h.streams.Done()
+	if life.announce != nil {
+		<-life.announced
+		life.announce(false)
+	}
+	if life.sub != nil {
+		h.unsubscribe(life.s, life.sub)
+	}
+	if life.stopProducer != nil {
+		life.stopProducer()
+	}
+	if life.tracked {
+		h.untrack(life.s)
+	}
+	// Counted and logged before the client sees the end, as a stream the server writes.
+	h.ended(life.s, life.reason, life.err, time.Since(life.start))
+	if life.taken != nil {
+		// The last chunk goes out within droppedWriteBound, or the shutdown's bound if sooner.
+		by := time.Now().Add(droppedWriteBound)
+		if bound, ok := h.stop.writeBound(); ok && bound.Before(by) {
+			by = bound
+		}
+		life.taken.end(by)
+	}
+}
+
+// takeOver takes the stream's connection over from the server where that helps, and
+// returns the writer that now carries the stream, or nil where the stream goes on through
+// the server's writer. Under the adaptor every write would be handed over a pipe to
+// fasthttp's worker goroutine, which holds its buffers for the stream's life: taken over,
+// each write is one write to the socket. Under net/http, writes already go to the
+// connection and net/http notices a client that leaves, which a take-over would stop, so
+// only HTTP/1.0, which has no chunked framing, needs it there. An HTTP/1.1 stream whose
+// server's writer cannot hand its connection over (a middleware's) goes on through it. It
+// is a function of its own so that serve's stack frame, which every open stream keeps,
+// stays small.
+//
+//go:noinline
+func (h *sseHandler) takeOver(s *stream, r *http.Request) (*takenConn, error) {
+	chunked := r.ProtoAtLeast(1, 1)
+	socket, tracked := connOf(r)
+	if r.ProtoMajor > 1 || (chunked && socket == nil) {
+		return nil, nil
+	}
+	// fasthttp clears the connection's deadlines as it lets go of it, on its own goroutine,
+	// which may come after the stream has set its first one.
+	if tracked != nil {
+		tracked.taken.Store(true)
+	}
+	taken, err := takeConn(s.rc, s.w.Header(), chunked, socket)
+	if err != nil && chunked {
+		if tracked != nil {
+			tracked.taken.Store(false)
+		}
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	s.w, s.rc = taken, http.NewResponseController(taken)
+	return taken, nil
 }
 
 // topicsOf returns what r asks for in the hub's own dialect (nil for the random stream), or
@@ -391,7 +527,8 @@ func (h *sseHandler) subscribe(s *stream, req *topicRequest) (*subscriber, []byt
 	}
 	h.logger.Debug("client subscribed", "client", s.name, "topics", req.sel.topics, "matchers", len(req.sel.matchers),
 		"last_event_id", req.lastID, "reset", string(sub.reset))
-	s.topicEvents, s.dropped, s.replay, s.hubMetrics = sub.sub.queue, &sub.sub.dropped, sub.replay, h.broker.metrics
+	s.topicEvents, s.dropped, s.replay, s.hubMetrics = &sub.sub.queue, &sub.sub.dropped, sub.replay, h.broker.metrics
+	s.ready = s.topicEvents.ready
 	s.lastID, s.queuedSeq = sub.at, sub.at
 	if sub.readTo != 0 && sub.readTo < sub.upTo {
 		s.replayFrom, s.replayMore = sub.readTo, h.replayMore(&sub.sub.selection, sub.upTo)
@@ -475,13 +612,10 @@ func (h *sseHandler) untrack(s *stream) {
 }
 
 // ended counts the end of the stream s, gives its place back and stops watching its
-// connection, then logs, within the log rate, why it ended and how long it lasted, and lets
-// Wait know. It is a function of its own so that ServeHTTP's stack frame, which every open
-// stream keeps, stays small.
+// connection, then logs, within the log rate, why it ended and how long it lasted.
 //
 //go:noinline
 func (h *sseHandler) ended(s *stream, reason endReason, err error, lasted time.Duration) {
-	defer h.streams.Done()
 	h.metrics.ended[reason].Inc()
 	if s.addr.IsValid() {
 		h.perAddr.give(s.addr)

@@ -174,6 +174,11 @@ func (w panicsOnWrite) Write([]byte) (int, error) { panic("write panicked") }
 // Unwrap lets http.ResponseController flush and set deadlines on the writer underneath.
 func (w panicsOnWrite) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// Hijack refuses to hand the connection over, so that the stream writes through Write.
+func (w panicsOnWrite) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, http.ErrNotSupported
+}
+
 func TestHandler_OpenedMinusEndedIsOpenAfterEveryFailure(t *testing.T) {
 	cfg, err := parseConfig([]string{"-interval", "1h", "-keepalive", "1h"}, func(string) string { return "" }, io.Discard)
 	if err != nil {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -160,6 +162,40 @@ type trackedConn struct {
 	net.Conn
 	listener *connListener
 	once     sync.Once
+	// taken is set once a stream has taken the connection over and sets its deadlines on the
+	// socket itself: the server, letting go of the connection, must not clear them.
+	taken atomic.Bool
+}
+
+// SetDeadline sets the connection's deadlines, unless a stream has taken it over.
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	if c.taken.Load() {
+		return nil
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+// SetWriteDeadline sets the connection's write deadline, unless a stream has taken it over.
+func (c *trackedConn) SetWriteDeadline(t time.Time) error {
+	if c.taken.Load() {
+		return nil
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// connOf returns the connection under r, where r's context names it, as the adaptor's
+// *fasthttp.RequestCtx does, unwrapped from the listener's trackedConn, and that
+// trackedConn if there is one; nil otherwise.
+func connOf(r *http.Request) (net.Conn, *trackedConn) {
+	owner, ok := r.Context().(interface{ Conn() net.Conn })
+	if !ok {
+		return nil, nil
+	}
+	conn := owner.Conn()
+	if tracked, ok := conn.(*trackedConn); ok {
+		return tracked.Conn, tracked
+	}
+	return conn, nil
 }
 
 // Close closes the connection and lets the listener forget it.

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -433,10 +434,13 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 	}
 }
 
-// goroutinesIn counts the running goroutines that are inside fn, such as produce: the
-// direct proof that a client's goroutines have ended.
-func goroutinesIn(fn any) int {
-	frame := []byte(runtime.FuncForPC(reflect.ValueOf(fn).Pointer()).Name() + "(")
+// goroutinesIn counts the running goroutines that are inside any of fns, such as produce:
+// the direct proof that a client's goroutines have ended.
+func goroutinesIn(fns ...any) int {
+	var frames [][]byte
+	for _, fn := range fns {
+		frames = append(frames, []byte(runtime.FuncForPC(reflect.ValueOf(fn).Pointer()).Name()+"("))
+	}
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
@@ -448,7 +452,7 @@ func goroutinesIn(fn any) int {
 	}
 	count := 0
 	for g := range bytes.SplitSeq(buf, []byte("\n\n")) {
-		if bytes.Contains(g, frame) {
+		if slices.ContainsFunc(frames, func(frame []byte) bool { return bytes.Contains(g, frame) }) {
 			count++
 		}
 	}

@@ -170,7 +170,7 @@ func BenchmarkMercureFanout(b *testing.B) {
 				}
 				fan.deliver(seq, p, func() *topicEvent { return ev })
 				for _, sub := range reached {
-					<-sub.queue
+					sub.queue.take()
 				}
 			}
 			b.ReportMetric(float64(len(reached)), "deliveries/op")

@@ -173,7 +173,7 @@ func ghostClient(t *testing.T, c ghostCase) {
 		t.Errorf("the ghost was dropped %s after its packets stopped, before the %s timeout: something else ended it", took, c.timeout)
 	}
 	eventually(t, 5*time.Second, "the ghost's producer and handler return", func() bool {
-		return goroutinesIn(produce) == producersBefore && goroutinesIn((*sseHandler).ServeHTTP) == 0
+		return goroutinesIn(produce) == producersBefore && streamHandlers() == 0
 	})
 	if got := metric(t, srv.adminURL, "sse_streams_open"); got != 0 {
 		t.Errorf("sse_streams_open = %v after the ghost was dropped, want 0", got)

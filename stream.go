@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"time"
 )
@@ -45,7 +46,8 @@ type stream struct {
 
 	// A topic stream's: what the fan-out sends it (nil on a random stream, where events
 	// come from its producer), what it replays first, and the broker's counters.
-	topicEvents <-chan *topicEvent
+	topicEvents *eventQueue
+	ready       <-chan struct{} // topicEvents' ready, or nil on a random stream
 	replay      []*topicEvent
 	replayMore  func(from uint64) ([]*topicEvent, uint64, bool, error) // reads the next chunk of a replay too long for one: the events, where it read to, whether that was the last
 	replayFrom  uint64                                                 // where the replay's next chunk starts
@@ -59,6 +61,7 @@ type stream struct {
 
 	keepalive *time.Timer
 	lastWrite time.Time
+	deadline  time.Time   // the write deadline last set
 	buf       []byte      // frames waiting for the next write
 	json      []byte      // scratch for one event's data
 	pending   int         // events in buf
@@ -105,12 +108,11 @@ func (s *stream) run(opening []byte, events <-chan DashBoard, requestDone <-chan
 			if err := s.flushEvents(); err != nil {
 				return s.whyWriteFailed(), err
 			}
-		case ev, ok := <-s.topicEvents:
-			if !ok {
-				return s.sayDropped(), nil
-			}
-			if err := s.writeTopicEvents(ev); err != nil {
+		case <-s.ready:
+			if dropped, err := s.writeTopicEvents(); err != nil {
 				return s.whyWriteFailed(), err
+			} else if dropped {
+				return s.sayDropped(), nil
 			}
 		case <-s.keepalive.C:
 			// Writes do not reset the timer, which would cost a timer-heap update per
@@ -247,21 +249,21 @@ func (s *stream) writeReplay() (endReason, error) {
 	}
 }
 
-// writeTopicEvents writes ev and the topic events queued behind it in one write; a queue
-// closed meanwhile ends the stream on the next turn of run. It is a function of its own so
-// that run's frame, which every open stream keeps, stays small.
+// writeTopicEvents writes the topic events waiting in the stream's queue in one write, and
+// reports whether the fan-out has dropped the subscription, so that the stream ends after
+// them. It is a function of its own so that run's frame, which every open stream keeps,
+// stays small.
 //
 //go:noinline
-func (s *stream) writeTopicEvents(ev *topicEvent) error {
-	s.queueTopicEvent(ev)
-	for n := len(s.topicEvents); n > 0; n-- {
-		next, ok := <-s.topicEvents
-		if !ok {
-			break
-		}
-		s.queueTopicEvent(next)
+func (s *stream) writeTopicEvents() (dropped bool, err error) {
+	events, dropped := s.topicEvents.take()
+	for _, ev := range events {
+		s.queueTopicEvent(ev)
 	}
-	return s.flushTopicEvents(false)
+	if s.pending == 0 {
+		return dropped, nil
+	}
+	return dropped, s.flushTopicEvents(false)
 }
 
 // queueTopicEvent adds a topic event's frame, framed once, to the stream's buffer, unless the
@@ -294,8 +296,9 @@ func (s *stream) flushTopicEvents(replayed bool) error {
 	return nil
 }
 
-// whyWriteFailed tells why a write failed. Under the adaptor every failure is the same
-// closed pipe, so the reason comes from the shutdown state and the time the write took. A
+// whyWriteFailed tells why a write failed. A writer may say little of why (the adaptor's
+// is the same closed pipe for every failure), so the reason comes from the shutdown state,
+// the fan-out's drop, and whether the write's deadline has passed. A
 // client dropped by -dead-client-timeout counts as gone: the kernel's ETIMEDOUT reaches
 // neither the adaptor's writer nor, under net/http, the request's context. The flush of
 // the headers, before any write, has no deadline: when it fails, the client left.
@@ -307,7 +310,7 @@ func (s *stream) whyWriteFailed() endReason {
 		return endTooSlow
 	case s.dropped != nil && dropCause(s.dropped.Load()) == dropResync:
 		return endResync
-	case !s.lastWrite.IsZero() && time.Since(s.lastWrite) >= s.cfg.WriteTimeout:
+	case !s.deadline.IsZero() && !time.Now().Before(s.deadline):
 		return endWriteTimeout
 	default:
 		return endClientGone
@@ -359,10 +362,17 @@ func (s *stream) logWritten(events []DashBoard) {
 
 // write sends p to the client and flushes it, within the write timeout (or the shutdown's
 // bound, if sooner). A client that stopped reading makes it fail once the deadline passes.
+// Setting a deadline moves a timer in the runtime, so a deadline that is still nearly the
+// whole timeout away serves this write too: each write gets at least the timeout less
+// deadlineSlack.
 func (s *stream) write(p []byte) error {
 	s.lastWrite = time.Now()
-	if err := s.setWriteDeadline(s.lastWrite.Add(s.cfg.WriteTimeout)); err != nil {
-		return err
+	if deadline := s.lastWrite.Add(s.cfg.WriteTimeout); deadline.Sub(s.deadline) > s.cfg.deadlineSlack() ||
+		s.stop.started() || (s.dropped != nil && s.dropped.Load() != int32(notDropped)) {
+		if err := s.setWriteDeadline(deadline); err != nil {
+			return err
+		}
+		s.deadline = deadline
 	}
 	if _, err := s.w.Write(p); err != nil {
 		return err
@@ -377,6 +387,16 @@ func (s *stream) write(p []byte) error {
 	_, err := s.w.Write(nil)
 	s.m.writeTime.Observe(time.Since(s.lastWrite).Seconds())
 	return err
+}
+
+// maxDeadlineSlack is the most by which a write's deadline may come before the write
+// timeout has passed since the write began.
+const maxDeadlineSlack = time.Second
+
+// deadlineSlack is how far a write's deadline may have moved towards it before it is set
+// again: a tenth of the write timeout, at most maxDeadlineSlack.
+func (c *streamConfig) deadlineSlack() time.Duration {
+	return min(c.WriteTimeout/10, maxDeadlineSlack)
 }
 
 // droppedWriteBound bounds each write of a stream whose subscription the fan-out dropped: a
@@ -428,65 +448,121 @@ func (c *streamConfig) spreadRetry() time.Duration {
 	return c.Retry + rand.N(c.RetrySpread+1)
 }
 
-// closeDelimited writes a stream to an HTTP/1.0 client on a connection taken over from the
-// server. HTTP/1.0 has no chunked framing (RFC 9112, section 7.1), so the body is sent as
-// it is and ends when the connection closes, as RFC 9112, section 6.3 allows. It serves
+// takenConn writes a stream straight to its connection, taken over from the server once
+// the stream is admitted: each write is one write to the socket, with no hand-off to
+// another goroutine and no server buffers held for the stream's life. An HTTP/1.1 body is
+// chunked (RFC 9112, section 7.1), each write one chunk whose size line and CRLF go out
+// with it in one writev; HTTP/1.0 has no chunked framing, so its body is sent as it is and
+// ends when the connection closes (RFC 9112, section 6.3). It serves
 // http.ResponseController: Flush sends the header block, SetWriteDeadline bounds writes.
-type closeDelimited struct {
-	conn        net.Conn
-	header      http.Header
+type takenConn struct {
+	conn        net.Conn    // as the server handed it over: closing it ends the server's hold
+	w           net.Conn    // the socket under conn, which writes a net.Buffers in one writev
+	header      http.Header // until the header block is written
+	chunked     bool
 	wroteHeader bool
+	broken      bool // a write failed: the body cannot be ended cleanly
+	size        [20]byte
+	vec         [3][]byte
+	bufs        net.Buffers
 }
 
-// hijackCloseDelimited takes the connection over from the server and returns a writer that
-// sends header, then the body, on it. Close it to end the stream.
-func hijackCloseDelimited(rc *http.ResponseController, header http.Header) (*closeDelimited, error) {
+// crlf ends a chunk's size line and its data.
+var crlf = []byte("\r\n")
+
+// takeConn takes the connection over from the server and returns a writer that sends header,
+// then the body, on it, chunked unless the request is HTTP/1.0; socket, if not nil, is the
+// connection under the one the server hands over. End it to end the stream.
+func takeConn(rc *http.ResponseController, header http.Header, chunked bool, socket net.Conn) (*takenConn, error) {
 	conn, _, err := rc.Hijack()
 	if err != nil {
 		return nil, fmt.Errorf("take over the connection: %w", err)
 	}
-	return &closeDelimited{conn: conn, header: header.Clone()}, nil
+	if socket == nil {
+		socket = conn
+	}
+	return &takenConn{conn: conn, w: socket, header: header, chunked: chunked}, nil
 }
 
-// Header returns the headers that the first write or flush sends.
-func (c *closeDelimited) Header() http.Header {
+// Header returns the headers that the first write or flush sends; after that, headers
+// that go nowhere.
+func (c *takenConn) Header() http.Header {
+	if c.header == nil {
+		return http.Header{}
+	}
 	return c.header
 }
 
 // WriteHeader does nothing: a stream is always 200.
-func (c *closeDelimited) WriteHeader(int) {}
+func (c *takenConn) WriteHeader(int) {}
 
-// Write sends the header block if it has not gone yet, then p.
-func (c *closeDelimited) Write(p []byte) (int, error) {
+// Write sends the header block if it has not gone yet, then p as one chunk. An empty p sends
+// nothing: an empty chunk would end the body.
+func (c *takenConn) Write(p []byte) (int, error) {
 	if err := c.FlushError(); err != nil || len(p) == 0 {
 		return 0, err
 	}
-	return c.conn.Write(p)
+	var err error
+	if c.chunked {
+		c.vec = [3][]byte{append(strconv.AppendUint(c.size[:0], uint64(len(p)), 16), crlf...), p, crlf}
+		c.bufs = c.vec[:]
+		_, err = c.bufs.WriteTo(c.w)
+	} else {
+		_, err = c.w.Write(p)
+	}
+	if err != nil {
+		c.broken = true
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // FlushError sends the header block if it has not gone yet. Writes are not buffered, so
 // there is nothing else to flush.
-func (c *closeDelimited) FlushError() error {
+func (c *takenConn) FlushError() error {
 	if c.wroteHeader {
 		return nil
 	}
 	c.wroteHeader = true
+	return c.writeHeaderBlock()
+}
+
+// writeHeaderBlock sends the status line and the headers, with the Date an origin server
+// sends (RFC 9110, section 6.6.1), the body's framing, and word that the connection closes
+// when the stream ends.
+//
+//go:noinline
+func (c *takenConn) writeHeaderBlock() error {
 	var block bytes.Buffer
-	block.WriteString("HTTP/1.1 200 OK\r\n")
+	block.WriteString("HTTP/1.1 200 OK\r\nDate: ")
+	block.WriteString(time.Now().UTC().Format(http.TimeFormat))
+	block.WriteString("\r\n")
 	if err := c.header.Write(&block); err != nil {
 		return err
 	}
-	block.WriteString("Connection: close\r\n\r\n")
-	_, err := c.conn.Write(block.Bytes())
-	return err
+	if c.chunked {
+		block.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	block.WriteString("Connection: close\r\n\r\n") // the connection ends with the stream
+	c.header = nil
+	if _, err := c.w.Write(block.Bytes()); err != nil {
+		c.broken = true
+		return err
+	}
+	return nil
 }
 
 // SetWriteDeadline sets the deadline of the writes to come.
-func (c *closeDelimited) SetWriteDeadline(deadline time.Time) error {
-	return c.conn.SetWriteDeadline(deadline)
+func (c *takenConn) SetWriteDeadline(deadline time.Time) error {
+	return c.w.SetWriteDeadline(deadline)
 }
 
-// Close ends the stream by closing the connection.
-func (c *closeDelimited) Close() error {
-	return c.conn.Close()
+// end ends the stream: a chunked body whose writes all succeeded gets its last chunk, if it
+// goes out by deadline, and the connection closes.
+func (c *takenConn) end(deadline time.Time) {
+	if c.chunked && c.wroteHeader && !c.broken {
+		_ = c.w.SetWriteDeadline(deadline)
+		_, _ = c.w.Write([]byte("0\r\n\r\n")) // the connection closes either way
+	}
+	_ = c.conn.Close()
 }

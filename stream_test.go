@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -231,7 +233,7 @@ func TestStream_VanishedClientLeavesNoGoroutines(t *testing.T) {
 				s.close()
 			}
 			eventually(t, 10*time.Second, "every producer and handler returns", func() bool {
-				return goroutinesIn(produce) == before && goroutinesIn((*sseHandler).ServeHTTP) == 0
+				return goroutinesIn(produce) == before && streamHandlers() == 0
 			})
 			if took := time.Since(closed); took > tt.within {
 				t.Errorf("the server took %s to forget %d vanished clients, want at most %s", took, clients, tt.within)
@@ -321,5 +323,41 @@ func TestStream_VerboseLogsOnlyEventsWritten(t *testing.T) {
 		if id, _ := strconv.Atoi(m[1]); id > lastID {
 			t.Errorf("event id=%d logged for a stream whose end says last_id=%d: only events written may be logged", id, lastID)
 		}
+	}
+}
+
+func TestStream_ATakenOverStreamIsChunkedAndEndsWithTheLastChunk(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, "-interval", "5ms", "-max-lifetime", "300ms")
+	for _, path := range []string{"/sse", "/sse?topic=chunks"} {
+		conn := dialRaw(t, srv.url)
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+		reader := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(reader, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if resp.StatusCode != http.StatusOK || !slices.Equal(resp.TransferEncoding, []string{"chunked"}) ||
+			resp.Header.Get("Content-Type") != "text/event-stream" || resp.Header.Get("Date") == "" || !resp.Close {
+			t.Errorf("%s: %s, Transfer-Encoding %q, headers %v; want 200, chunked, text/event-stream, a Date and Connection: close",
+				path, resp.Status, resp.TransferEncoding, resp.Header)
+		}
+		// The chunked reader fails with io.ErrUnexpectedEOF if the connection closes before
+		// the last chunk.
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Errorf("%s: the body ended with %v after %d bytes, want the last chunk", path, err, len(body))
+		}
+		if frames := parseFrames(body); len(frames) == 0 || frames[0].retry != "3000" {
+			t.Errorf("%s: body %q, want the opening first", path, body)
+		}
+		if n, err := reader.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Errorf("%s: after the last chunk read %d bytes, %v; want the connection closed", path, n, err)
+		}
+		conn.Close()
+	}
+	if got := metric(t, srv.adminURL, `sse_streams_ended_total{reason="max_lifetime"}`); got != 2 {
+		t.Errorf("streams ended at -max-lifetime: %v, want 2", got)
 	}
 }
