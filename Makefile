@@ -5,10 +5,10 @@ GO ?= go
 SHELL := bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: help check run build test stress lint fuzz soak bench
+.PHONY: help check run build test stress lint fuzz soak bench bench-peers
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 # Most tests marked parallel wait on timers and sockets, not on the CPU: -parallel 16 lets
 # them wait together on 2 cores.
@@ -61,7 +61,14 @@ lint: ## gofmt, go vet and staticcheck
 
 # The symbols and DWARF stay in the test binary: BenchmarkStreams and BenchmarkFanout read
 # the servers' goroutine stacks with them.
-bench: ## three servers side by side, thousands of streams, 10k subscribers of one topic (minutes), then the frame writer, one stream, one topic stream public and private, a token verified, and Mercure's matching
+bench: ## three servers side by side, thousands of streams, 10k subscribers of one topic beside the floor and through NATS (minutes), then the frame writer, one stream, one topic stream public and private, a token verified, and Mercure's matching
 	$(GO) test -count=1 -timeout 20m -ldflags='-s=false -w=false' -run '^$$' -bench '^BenchmarkStreams$$' -benchtime 1x .
-	$(GO) test -count=1 -timeout 10m -ldflags='-s=false -w=false' -run '^$$' -bench '^BenchmarkFanout$$' -benchtime 1x .
+	$(GO) test -count=1 -timeout 20m -ldflags='-s=false -w=false' -run '^$$' -bench '^BenchmarkFanout$$' -benchtime 1x .
 	$(GO) test -count=1 -run '^$$' -bench '^Benchmark(WriteEvent|Stream|TopicStream|VerifyToken|MercureFanout)$$' -benchmem .
+
+# Centrifugo is built once, with go install, into a cache outside the repository.
+PEERS ?= $(HOME)/.cache/sse-dashboard-peers
+CENTRIFUGO ?= $(PEERS)/centrifugo-v6.9.1/centrifugo
+bench-peers: ## the fan-out workloads against this service and Centrifugo v6.9.1, one table (the first run builds Centrifugo: minutes)
+	@test -x $(CENTRIFUGO) || { echo "building Centrifugo v6.9.1 into $(dir $(CENTRIFUGO))"; GOBIN=$(dir $(CENTRIFUGO)) $(GO) install github.com/centrifugal/centrifugo/v6@v6.9.1; }
+	CENTRIFUGO=$(CENTRIFUGO) $(GO) test -count=1 -timeout 20m -run '^$$' -bench '^BenchmarkPeers$$' -benchtime 1x .

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"expvar"
 	"fmt"
@@ -94,7 +95,16 @@ func serveComparison(kind string, args []string) error {
 	}
 	ln := newConnListener(tcp, logger, prometheus.NewCounter(prometheus.CounterOpts{Name: "accept_errors_total", Help: "Failed accepts."}))
 	ln.sendBuffer, ln.userTimeout = cfg.sendBuffer, cfg.deadClientAfter
-	fmt.Printf("msg=listening addr=%s\n", ln.Addr())
+	// The floor takes its publishes on a listener of its own, as the service does.
+	var admin net.Listener
+	if kind == "floor" {
+		if admin, err = net.Listen("tcp", cfg.adminAddr); err != nil {
+			return err
+		}
+		fmt.Printf("msg=listening addr=%s admin_addr=%s\n", ln.Addr(), admin.Addr())
+	} else {
+		fmt.Printf("msg=listening addr=%s\n", ln.Addr())
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	// What the benchmark reads from /debug/vars; the service itself reports both in its metrics.
@@ -108,14 +118,14 @@ func serveComparison(kind string, args []string) error {
 		mux := http.NewServeMux()
 		mux.Handle("GET /sse", streams)
 		return serveNetHTTP(ctx, ln, mux, cfg.readTimeout)
-	case "net/http-broadcast":
-		b := &broadcast{queueLen: cfg.stream.SubscriberQueue, subscribers: make(map[chan []byte]struct{})}
-		open = b.open.Load
-		expvar.Publish("too_slow", expvar.Func(func() any { return b.tooSlow.Load() }))
+	case "floor":
+		f := newFloor()
+		open = f.open.Load
+		go f.serve(ln)
 		mux := http.NewServeMux()
-		mux.Handle("GET /sse", b)
-		mux.HandleFunc("POST /publish", b.publish)
-		return serveNetHTTP(ctx, ln, mux, cfg.readTimeout)
+		mux.HandleFunc("POST /publish", f.publish)
+		defer ln.Close()
+		return serveNetHTTP(ctx, admin, mux, cfg.readTimeout)
 	case "fiber-native":
 		service, _ := newApp(cfg, logger, new(atomic.Bool))
 		settings := service.Config()
@@ -217,66 +227,105 @@ func fiberNativeStream(cfg streamConfig, open *atomic.Int64) fiber.Handler {
 	}
 }
 
-// broadcast is the plain net/http fan-out that BenchmarkFanout measures the hub against:
-// one topic, each published event framed once and the same bytes queued for every
-// subscriber, a subscriber whose queue is full dropped, as the hub does. It has none of
-// the rest: no history, no resume, no keepalive, no write deadline, no client limit.
-type broadcast struct {
-	queueLen int
-	open     atomic.Int64 // streams open now
-	tooSlow  atomic.Int64 // subscribers dropped for a full queue
-
-	mu          sync.Mutex
-	seq         uint64
-	subscribers map[chan []byte]struct{}
+// floor is the smallest fan-out that still speaks HTTP to its subscribers, which
+// BenchmarkFanout measures the hub against: no framework, no goroutine and no queue per
+// subscriber. A subscriber's request is read, its response header written, and its
+// connection kept in a list; each published event is framed once, as one chunk, and
+// written to every connection in turn by one writer goroutine per core, each with its
+// share of the list. A connection whose write fails is forgotten. It has no history, no
+// resume, no keepalive, no write deadline and no client limit: what it spends per delivery
+// is the write and little else.
+type floor struct {
+	open   atomic.Int64 // subscribers now
+	seq    atomic.Uint64
+	shards []*floorShard
+	next   atomic.Uint64 // the shard the next subscriber joins
 }
 
-// ServeHTTP subscribes, sends the headers, then writes every frame queued for the stream,
-// those that queued up during a write in the next one, until the client leaves, the server
-// shuts down or publish drops the subscriber.
-func (b *broadcast) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	queue := make(chan []byte, b.queueLen)
-	b.mu.Lock()
-	b.subscribers[queue] = struct{}{}
-	b.mu.Unlock()
-	b.open.Add(1)
-	defer b.open.Add(-1)
-	defer func() {
-		b.mu.Lock()
-		delete(b.subscribers, queue)
-		b.mu.Unlock()
-	}()
-	setStreamHeaders(w.Header())
-	w.Header().Set("Access-Control-Allow-Origin", "*")
-	rc := http.NewResponseController(w)
-	if rc.Flush() != nil {
-		return
+// floorShard is one writer goroutine's share of the subscribers and the frames it has to
+// write to them.
+type floorShard struct {
+	frames chan []byte
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+// newFloor starts one writer goroutine per core.
+func newFloor() *floor {
+	f := &floor{}
+	for range runtime.GOMAXPROCS(0) {
+		shard := &floorShard{frames: make(chan []byte, 1024)}
+		f.shards = append(f.shards, shard)
+		go f.write(shard)
 	}
-	done := r.Context().Done()
+	return f
+}
+
+// serve accepts subscribers on ln until it is closed.
+func (f *floor) serve(ln net.Listener) {
 	for {
-		select {
-		case frame, ok := <-queue:
-			for ; ok; frame, ok = <-queue {
-				if _, err := w.Write(frame); err != nil {
-					return
-				}
-				if len(queue) == 0 {
-					break
-				}
-			}
-			if !ok || rc.Flush() != nil {
-				return
-			}
-		case <-done:
+		conn, err := ln.Accept()
+		if err != nil {
 			return
 		}
+		go f.subscribe(conn)
+	}
+}
+
+// floorHeader is every subscriber's response header: a chunked event stream that ends
+// with the connection.
+const floorHeader = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" +
+	"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+
+// subscribe reads a subscriber's request head, answers with floorHeader and adds the
+// connection to a shard.
+func (f *floor) subscribe(conn net.Conn) {
+	head := make([]byte, 0, 512)
+	buf := make([]byte, 512)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for !bytes.Contains(head, []byte("\r\n\r\n")) {
+		n, err := conn.Read(buf)
+		if err != nil || len(head)+n > 8192 {
+			conn.Close()
+			return
+		}
+		head = append(head, buf[:n]...)
+	}
+	if _, err := io.WriteString(conn, floorHeader); err != nil {
+		conn.Close()
+		return
+	}
+	shard := f.shards[f.next.Add(1)%uint64(len(f.shards))]
+	shard.mu.Lock()
+	shard.conns = append(shard.conns, conn)
+	shard.mu.Unlock()
+	f.open.Add(1)
+}
+
+// write writes each frame of shard to each of its connections, forgetting those whose
+// write fails.
+func (f *floor) write(shard *floorShard) {
+	for frame := range shard.frames {
+		shard.mu.Lock()
+		conns := shard.conns
+		kept := conns[:0]
+		for _, conn := range conns {
+			if _, err := conn.Write(frame); err != nil {
+				conn.Close()
+				f.open.Add(-1)
+				continue
+			}
+			kept = append(kept, conn)
+		}
+		clear(conns[len(kept):])
+		shard.conns = kept
+		shard.mu.Unlock()
 	}
 }
 
 // publish reads a body of POST /publish, checked as the service checks it, frames the
-// event once and queues the frame for every subscriber, dropping those whose queue is full,
-// and answers with its id.
-func (b *broadcast) publish(w http.ResponseWriter, r *http.Request) {
+// event once as one chunk, hands it to every shard and answers with its id.
+func (f *floor) publish(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPublishBody))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -287,20 +336,13 @@ func (b *broadcast) publish(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	b.mu.Lock()
-	b.seq++
-	id := strconv.FormatUint(b.seq, 10)
-	frame := appendNamedEvent(nil, []byte(id), event, data)
-	for queue := range b.subscribers {
-		select {
-		case queue <- frame:
-		default:
-			delete(b.subscribers, queue)
-			close(queue)
-			b.tooSlow.Add(1)
-		}
+	id := strconv.FormatUint(f.seq.Add(1), 10)
+	framed := appendNamedEvent(nil, []byte(id), event, data)
+	frame := strconv.AppendInt(nil, int64(len(framed)), 16)
+	frame = append(append(append(frame, "\r\n"...), framed...), "\r\n"...)
+	for _, shard := range f.shards {
+		shard.frames <- frame
 	}
-	b.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	fmt.Fprintf(w, "{\"id\":%q}\n", id)
 }

@@ -106,10 +106,15 @@ func kindOf(startFunc string) string {
 			return k.label
 		}
 	}
-	// A go statement of this package that passes arguments starts in a wrapper; the only
-	// ones a stream runs start its producer.
-	if strings.HasPrefix(startFunc, "sse-dashboard.") && strings.Contains(startFunc, ".gowrap") {
+	// A go statement that passes arguments starts in a wrapper named after the function
+	// that has the statement.
+	switch {
+	case strings.HasPrefix(startFunc, "sse-dashboard.(*sseHandler).serve.gowrap"):
+		return "stream (connection taken over)"
+	case strings.HasPrefix(startFunc, "sse-dashboard.") && strings.Contains(startFunc, ".gowrap"):
 		return "producer"
+	case strings.HasPrefix(startFunc, "github.com/valyala/fasthttp.(*Server).serveConn") && strings.Contains(startFunc, ".gowrap"):
+		return "fasthttp, waiting for the taken connection's close"
 	}
 	return startFunc
 }

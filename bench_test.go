@@ -85,17 +85,21 @@ func (w *eventCounter) Write(p []byte) (int, error) {
 
 // benchServer is one server BenchmarkStreams compares, and the file its logs go to.
 type benchServer struct {
-	name  string // as the table shows it
-	env   string // what the re-executed test binary serves
-	file  string // name of its log file and profiles, without the extension
-	admin bool   // whether it serves /debug/vars and /metrics on an admin listener
+	name    string // as the table shows it
+	env     string // what the re-executed test binary serves
+	file    string // name of its log file and profiles, without the extension
+	admin   bool   // whether it serves /debug/vars on an admin listener
+	metrics bool   // whether it also serves /metrics there: this service
+	binary  string // the test binary to run, if not this one: another revision's
+	// peer, if set, starts a server that is not this test binary (Centrifugo).
+	peer func(p *benchPhase) (*benchProcess, fanoutTarget, error)
 }
 
 // benchServers are the servers BenchmarkStreams compares, this service first.
 var benchServers = []benchServer{
-	{"fiber+adaptor", helperEnv + "=1", "fiber-adaptor", true},
-	{"net/http", benchServerEnv + "=net/http", "net-http", false},
-	{"fiber-native", benchServerEnv + "=fiber-native", "fiber-native", false},
+	{name: "fiber+adaptor", env: helperEnv + "=1", file: "fiber-adaptor", admin: true, metrics: true},
+	{name: "net/http", env: benchServerEnv + "=net/http", file: "net-http"},
+	{name: "fiber-native", env: benchServerEnv + "=fiber-native", file: "fiber-native"},
 }
 
 // benchRuns is how many times each figure is measured; the table shows medians.
@@ -408,430 +412,44 @@ func measureThroughput(p *benchPhase) {
 	p.record("evs", events/t1.Sub(t0).Seconds())
 }
 
-// fanoutServers are the servers BenchmarkFanout compares: this service's hub, and a
-// broadcast on plain net/http that frames each event once and writes it to every subscriber.
-var fanoutServers = []benchServer{
-	{"fiber+adaptor", helperEnv + "=1", "fiber-adaptor-fanout", true},
-	{"net/http broadcast", benchServerEnv + "=net/http-broadcast", "net-http-broadcast-fanout", false},
-}
-
-// The load BenchmarkFanout puts on each server: subscribers of one topic, and publishes at
-// a steady rate for a fixed time, then at most fanoutDrain for the last deliveries.
-const (
-	fanoutTopic       = "fanout"
-	fanoutSubscribers = 10000
-	fanoutRate        = 10 // publishes a second
-	fanoutDuration    = 25 * time.Second
-	fanoutDrain       = 10 * time.Second
-	// Before that load, one publish a second for this long: what one publish costs alone.
-	fanoutSlowDuration = 10 * time.Second
-)
-
-// fanoutRequest subscribes a raw connection to the benchmark's topic.
-const fanoutRequest = "GET /sse?topic=" + fanoutTopic + " HTTP/1.1\r\nHost: sse-dashboard\r\nAccept: text/event-stream\r\n\r\n"
-
-// fanoutMetrics are BenchmarkFanout's rows, with the targets the service is held to.
-var fanoutMetrics = []benchMetric{
-	{"made@1", "delivered-%@1", "1 publish/s: deliveries made (%)", "100"},
-	{"p50@1", "p50-ms@1", "1 publish/s: latency p50 (ms)", ""},
-	{"p99@1", "p99-ms@1", "1 publish/s: latency p99 (ms)", "≤ 100"},
-	{"cpu@1", "cpu-us/delivery@1", "1 publish/s: server CPU per delivery (µs)", ""},
-	{"made", "delivered-%", "10 publishes/s: deliveries made, 10 s after the last (%)", "100"},
-	{"dps", "deliveries/s", "10 publishes/s: delivered/s in the 25 s of publishing", "100000"},
-	{"p50", "p50-ms", "10 publishes/s: latency p50 (ms)", ""},
-	{"p99", "p99-ms", "10 publishes/s: latency p99 (ms)", "≤ 100"},
-	{"p999", "p99.9-ms", "10 publishes/s: latency p99.9 (ms)", ""},
-	{"max", "max-ms", "10 publishes/s: latency max (ms)", ""},
-	{"rssidle", "rss-KB/subscriber-idle", "RSS per subscriber, subscribed, before publishing (KB)", ""},
-	{"rss", "rss-KB/subscriber", "RSS per subscriber, after publishing (KB)", "≤ 20"},
-	{"heap", "heap-KB/subscriber", "heap per subscriber, after publishing (KB)", ""},
-	{"stack", "stack-KB/subscriber", "goroutine stacks per subscriber (KB)", ""},
-	{"gor", "goroutines/subscriber", "goroutines per subscriber", ""},
-	{"cpu", "cpu-us/delivery", "10 publishes/s: server CPU per delivery (µs)", "reported"},
-	{"cores", "server-cores", "10 publishes/s: server CPU (cores)", ""},
-	{"clientcores", "client-cores", "10 publishes/s: the clients' CPU (cores)", ""},
-	{"pub99", "publish-p99-ms", "10 publishes/s: POST /publish answered, p99 (ms)", ""},
-	{"slow", "too-slow", "subscribers dropped as too slow", ""},
-	{"subscribe", "subscribe10k-ms", "time to subscribe 10k (ms)", ""},
-}
-
-// BenchmarkFanout subscribes 10,000 raw connections to one topic of each server, each in a
-// process of its own, publishes one event a second for 10 s and then 10 a second for 25 s,
-// each carrying the time it was sent, and prints a table: deliveries made, their rate,
-// publish→receive latency over all of them, and what a subscriber costs the server in
-// memory, goroutines and CPU. A target missed is said below the table; it does not fail
-// the benchmark, whose job is to measure. Run it with make bench.
-func BenchmarkFanout(b *testing.B) {
-	if b.N > 1 {
-		b.Skip("run with -benchtime 1x: one pass already takes about two minutes")
-	}
-	// Go raises the soft open-file limit to the hard one at start; the subscribers' sockets
-	// are this process's, the server's are its own.
-	var files syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &files); err != nil || files.Cur < fanoutSubscribers+500 {
-		b.Fatalf("open-file limit %d (%v): %d subscribers need %d (ulimit -n)", files.Cur, err, fanoutSubscribers, fanoutSubscribers+500)
-	}
-	dir, err := filepath.Abs(benchLogDir)
-	if err == nil {
-		err = os.MkdirAll(dir, 0o755)
-	}
-	if err != nil {
-		b.Fatalf("create the directory for the servers' logs: %v", err)
-	}
-	for _, s := range fanoutServers {
-		os.Remove(filepath.Join(dir, s.file+".log"))
-	}
-	fmt.Printf("server logs and profiles: %s/\n", dir)
-	results := &benchResults{dir: dir, figures: map[string]map[string][]benchFigure{}}
-	for _, s := range fanoutServers {
-		measureFanout(results.phase(s, 0, "fan-out"))
-	}
-	results.printNotes(os.Stdout)
-	fmt.Printf("%d subscribers of one topic; 1 publish/s for %s, then %d publishes/s for %s (%d deliveries/s);\n"+
-		"latency is publish→receive, over every delivery made\n",
-		fanoutSubscribers, fanoutSlowDuration, fanoutRate, fanoutDuration, fanoutSubscribers*fanoutRate)
-	results.printTable(os.Stdout, "one run", fanoutServers, fanoutMetrics)
-	fmt.Println("\ngoroutine stacks per subscriber by kind, after publishing:")
-	results.printKinds(os.Stdout, fanoutServers)
-	for _, miss := range results.missedTargets(fanoutServers[0].name) {
-		fmt.Println("target missed:", miss)
-	}
-	fmt.Printf("(heap and goroutine profiles with the subscribers: %s/*-fanout-heap.pprof, *-fanout-goroutine.txt;\n"+
-		"CPUPROFILE=file profiles this service's process)\n", dir)
-	for _, s := range fanoutServers {
-		b.Run(strings.ReplaceAll(s.name, "/", "-"), func(b *testing.B) {
-			for _, m := range fanoutMetrics {
-				if v, _, ok := results.median(s.name, m.key); ok {
-					b.ReportMetric(v, m.unit)
-				}
-			}
-		})
-	}
-}
-
-// missedTargets returns a line for each of BenchmarkFanout's targets that server missed.
-func (r *benchResults) missedTargets(server string) []string {
-	var missed []string
-	check := func(key string, ok func(v float64) bool, target string) {
-		if v, _, measured := r.median(server, key); !measured || !ok(v) {
-			missed = append(missed, fmt.Sprintf("%s: %s, got %s", server, target, r.cell(server, key)))
-		}
-	}
-	check("made@1", func(v float64) bool { return v >= 100 }, "every delivery made at 1 publish/s")
-	check("p99@1", func(v float64) bool { return v <= 100 }, "p99 ≤ 100 ms at 1 publish/s")
-	check("made", func(v float64) bool { return v >= 100 }, "every delivery made at 10 publishes/s")
-	check("p99", func(v float64) bool { return v <= 100 }, "p99 ≤ 100 ms at 10 publishes/s")
-	check("rss", func(v float64) bool { return v <= 20 }, "RSS per subscriber ≤ 20 KB")
-	return missed
-}
-
-// measureFanout runs BenchmarkFanout's loads against the phase's server, 1 publish a second
-// and then 10, and records its figures.
-func measureFanout(p *benchPhase) {
-	proc, err := startBenchServer(p, "-max-clients", "20000")
-	if err != nil {
-		p.fallShort(err)
-		return
-	}
-	defer proc.stop(p, 30*time.Second)
-	clients := &fanoutClients{addr: proc.addr}
-	defer clients.closeAll()
-	base, err := sampleProcess(proc)
-	if err != nil {
-		p.fallShort(err)
-		return
-	}
-	baseKinds, _ := goroutineStacks(proc.cmd.Process.Pid)
-
-	start := time.Now()
-	if err := dialAll(fanoutSubscribers, clients.dial); err != nil {
-		p.fallShort(err)
-		return
-	}
-	p.record("subscribe", ms(time.Since(start)))
-	if err := waitClients(proc, fanoutSubscribers); err != nil {
-		p.fallShort(err)
-		return
-	}
-	n := float64(fanoutSubscribers)
-	idle, err := sampleProcess(proc)
-	if err != nil {
-		p.fallShort(err)
-		return
-	}
-	p.record("rssidle", (idle.rssKB-base.rssKB)/n)
-
-	publishURL := "http://" + proc.addr + "/publish"
-	if proc.admin != "" {
-		publishURL = "http://" + proc.admin + "/publish"
-	}
-	if err := runFanoutLoad(p, proc, clients, publishURL, 1, fanoutSlowDuration, "@1"); err != nil {
-		p.fallShort(err)
-		return
-	}
-	if err := runFanoutLoad(p, proc, clients, publishURL, fanoutRate, fanoutDuration, ""); err != nil {
-		p.fallShort(err)
-		return
-	}
-
-	// A server still behind on its deliveries may take its turn to answer: three tries.
-	now, err := sampleProcess(proc)
-	for try := 1; err != nil && try < 3; try++ {
-		now, err = sampleProcess(proc)
-	}
-	if err != nil {
-		p.fallShort(err)
-		return
-	}
-	p.record("rss", (now.rssKB-base.rssKB)/n)
-	p.record("heap", (now.heapKB-base.heapKB)/n)
-	p.record("stack", (now.stackKB-base.stackKB)/n)
-	p.record("gor", float64(now.goroutines-base.goroutines)/n)
-	p.record("slow", float64(now.tooSlow))
-	p.recordKinds(proc, baseKinds, fanoutSubscribers)
-	if err := proc.writeProfiles(p); err != nil {
-		p.fallShort(fmt.Errorf("profiles: %w", err))
-	}
-}
-
-// runFanoutLoad publishes rate events a second for d to the subscribers of clients, waits
-// at most fanoutDrain for the last deliveries, and records, under keys ending in suffix,
-// the deliveries made and their rate, the latencies, the publish answers' p99, and the CPU
-// the server and the clients used.
-func runFanoutLoad(p *benchPhase, proc *benchProcess, clients *fanoutClients, publishURL string, rate int, d time.Duration, suffix string) error {
-	clients.takeLatencies()
-	cpu0, err0 := processCPU(proc)
-	clientCPU0, err1 := pidCPU(os.Getpid())
-	delivered0, t0 := clients.delivered.Load(), time.Now()
-	type outcome struct {
-		planned int
-		answers []time.Duration
-		err     error
-	}
-	publishing := make(chan outcome, 1)
-	go func() {
-		planned, answers, err := publishTimes(publishURL, rate, d)
-		publishing <- outcome{planned, answers, err}
-	}()
-	time.Sleep(time.Until(t0.Add(d)))
-	cpu1, err2 := processCPU(proc)
-	clientCPU1, err3 := pidCPU(os.Getpid())
-	delivered1, t1 := clients.delivered.Load(), time.Now()
-	publishes := <-publishing
-	// A publish that was not answered may still be delivered: every planned one counts.
-	expected := int64(publishes.planned) * fanoutSubscribers
-	for deadline := time.Now().Add(fanoutDrain); clients.delivered.Load()-delivered0 < expected && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-	}
-	cpu2, err4 := processCPU(proc)
-	if err := errors.Join(err0, err1, err2, err3, err4); err != nil {
-		return err
-	}
-	if publishes.err != nil {
-		p.fallShort(publishes.err)
-	}
-	made := clients.delivered.Load() - delivered0
-	window := t1.Sub(t0).Seconds()
-	p.record("made"+suffix, 100*float64(made)/float64(max(expected, 1)))
-	p.record("dps"+suffix, float64(delivered1-delivered0)/window)
-	p.record("cpu"+suffix, float64((cpu2-cpu0).Microseconds())/float64(max(made, 1)))
-	p.record("cores"+suffix, (cpu1-cpu0).Seconds()/window)
-	p.record("clientcores"+suffix, (clientCPU1-clientCPU0).Seconds()/window)
-	p.record("pub99"+suffix, ms(percentile(publishes.answers, 0.99)))
-	latencies := clients.takeLatencies()
-	p.record("p50"+suffix, ms(percentile(latencies, 0.50)))
-	p.record("p99"+suffix, ms(percentile(latencies, 0.99)))
-	p.record("p999"+suffix, ms(percentile(latencies, 0.999)))
-	p.record("max"+suffix, ms(percentile(latencies, 1)))
-	return nil
-}
-
-// publishTimes posts an event to url rate times a second for d, on schedule whether or not
-// the publishes before have been answered, each event's data {"t":<unix ns>} the moment
-// it is sent. It returns how many it sent, how long each answered 200 took, and how many
-// were not answered 200 and why the first was not.
-func publishTimes(url string, rate int, d time.Duration) (int, []time.Duration, error) {
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	defer client.CloseIdleConnections()
-	every := time.Second / time.Duration(rate)
-	planned := int(d / every)
-	var (
-		mu       sync.Mutex
-		answers  = make([]time.Duration, 0, planned)
-		failed   int
-		firstErr error
-		wg       sync.WaitGroup
-	)
-	start := time.Now()
-	for i := range planned {
-		time.Sleep(time.Until(start.Add(time.Duration(i) * every)))
-		wg.Go(func() {
-			sent := time.Now()
-			body := fmt.Appendf(nil, `{"topic":%q,"data":{"t":%d}}`, fanoutTopic, sent.UnixNano())
-			resp, err := client.Post(url, "application/json", bytes.NewReader(body))
-			if err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					err = fmt.Errorf("POST /publish: %s", resp.Status)
-				}
-			}
-			took := time.Since(sent)
-			mu.Lock()
-			defer mu.Unlock()
-			if err == nil {
-				answers = append(answers, took)
-				return
-			}
-			if failed++; firstErr == nil {
-				firstErr = err
-			}
-		})
-	}
-	wg.Wait()
-	if failed > 0 {
-		return planned, answers, fmt.Errorf("%d of %d publishes not answered 200, the first: %w", failed, planned, firstErr)
-	}
-	return planned, answers, nil
-}
-
-// percentile returns the q-quantile (0 to 1) of durations, sorting them in place.
-func percentile(durations []time.Duration, q float64) time.Duration {
-	if len(durations) == 0 {
-		return 0
-	}
-	slices.Sort(durations)
-	return durations[min(len(durations)-1, int(q*float64(len(durations))))]
-}
-
-// fanoutClients are raw topic subscribers in this process. Each parses the time in every
-// event's data and keeps the event's publish→receive latency.
-type fanoutClients struct {
-	addr      string
-	dialed    atomic.Int64
-	delivered atomic.Int64
-
-	mu          sync.Mutex
-	conns       []*net.TCPConn
-	subscribers []*fanoutSubscriber
-}
-
-// fanoutSubscriber is the latency of each event one subscriber received since they were
-// last taken.
-type fanoutSubscriber struct {
-	mu        sync.Mutex
-	latencies []time.Duration
-}
-
-// dial subscribes one connection and starts reading it.
-func (c *fanoutClients) dial() error {
-	tcp, body, err := dialStream(c.addr, fanoutRequest, c.dialed.Add(1))
-	if err != nil {
-		return err
-	}
-	sub := &fanoutSubscriber{latencies: make([]time.Duration, 0, fanoutRate*int(fanoutDuration/time.Second))}
-	c.mu.Lock()
-	c.conns = append(c.conns, tcp)
-	c.subscribers = append(c.subscribers, sub)
-	c.mu.Unlock()
-	go c.read(body, sub)
-	return nil
-}
-
-// read records the latency of each event on the stream until it ends: the receive time
-// less the publish time in its data line, data: {"t":<unix ns>}.
-func (c *fanoutClients) read(r *bufio.Reader, sub *fanoutSubscriber) {
-	prefix := []byte(`data: {"t":`)
-	for {
-		line, err := r.ReadSlice('\n')
-		if err != nil {
-			return
-		}
-		rest, ok := bytes.CutPrefix(line, prefix)
-		if !ok {
-			continue
-		}
-		var sent int64
-		for _, d := range rest {
-			if d < '0' || d > '9' {
-				break
-			}
-			sent = sent*10 + int64(d-'0')
-		}
-		latency := time.Duration(time.Now().UnixNano() - sent)
-		sub.mu.Lock()
-		sub.latencies = append(sub.latencies, latency)
-		sub.mu.Unlock()
-		c.delivered.Add(1)
-	}
-}
-
-// closeAll resets every subscriber's connection, as clients that vanish without a goodbye.
-func (c *fanoutClients) closeAll() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, conn := range c.conns {
-		conn.SetLinger(0) // no TIME_WAIT, so the next run finds free ports
-		conn.Close()
-	}
-	c.conns = nil
-}
-
-// takeLatencies returns every latency the subscribers recorded since the last call.
-func (c *fanoutClients) takeLatencies() []time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	all := make([]time.Duration, 0, c.delivered.Load())
-	for _, sub := range c.subscribers {
-		sub.mu.Lock()
-		all = append(all, sub.latencies...)
-		sub.latencies = sub.latencies[:0]
-		sub.mu.Unlock()
-	}
-	return all
-}
-
-// benchProcess is a server BenchmarkStreams runs in a process of its own, its output
-// going to its log file.
+// benchProcess is a server a benchmark runs in a process of its own, its output going to
+// its log file.
 type benchProcess struct {
 	cmd    *exec.Cmd
 	addr   string
-	admin  string // the service's admin listener; the comparison servers have none
-	log    *os.File
-	exited chan struct{}
+	admin  string // the admin listener, where the server has one
+	expvar bool   // whether it serves /debug/vars, on its admin listener or else its own
+	// metrics: whether it serves /metrics on its admin listener (this service).
+	metrics bool
+	// clients, where the server serves no /debug/vars, asks it how many subscribers it has.
+	clients func() (int, error)
+	log     *os.File
+	offset  int64 // where this run's lines start in the log
+	exited  chan struct{}
 }
 
 // startBenchServer starts the phase's server on free loopback ports with args, its output
 // appended to its log file, and waits until it listens.
 func startBenchServer(p *benchPhase, args ...string) (*benchProcess, error) {
-	path := filepath.Join(p.results.dir, p.server.file+".log")
-	log, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	offset, _ := log.Seek(0, io.SeekEnd)
-	fmt.Fprintf(log, "--- run %d, %s\n", p.run+1, p.name)
 	flags := []string{"-addr", "127.0.0.1:0"}
 	if p.server.admin {
 		flags = append(flags, "-admin-addr", "127.0.0.1:0")
 	}
-	cmd := exec.Command(os.Args[0], append(flags, args...)...)
-	cmd.Env = []string{p.server.env, benchProfilesEnv + "=" + p.results.dir, "CPUPROFILE=" + os.Getenv("CPUPROFILE"),
-		"GORACE=atexit_sleep_ms=0"}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		log.Close()
-		return nil, fmt.Errorf("start the server process: %w", err)
+	binary := os.Args[0]
+	if p.server.binary != "" {
+		binary = p.server.binary
 	}
-	proc := &benchProcess{cmd: cmd, log: log, exited: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		log.Close()
-		close(proc.exited)
-	}()
+	env := []string{p.server.env, benchProfilesEnv + "=" + p.results.dir, "CPUPROFILE=" + os.Getenv("CPUPROFILE"),
+		"GORACE=atexit_sleep_ms=0"}
+	proc, err := startProcessLogged(p, binary, env, append(flags, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	proc.expvar, proc.metrics = true, p.server.metrics
+	path := filepath.Join(p.results.dir, p.server.file+".log")
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		written, _ := os.ReadFile(path)
-		if m := listeningLine.FindSubmatch(written[min(int(offset), len(written)):]); m != nil {
+		if m := listeningLine.FindSubmatch(written[min(int(proc.offset), len(written)):]); m != nil {
 			proc.addr, proc.admin = string(m[1])+string(m[3]), string(m[2])+string(m[4])
 			return proc, nil
 		}
@@ -841,9 +459,35 @@ func startBenchServer(p *benchPhase, args ...string) (*benchProcess, error) {
 		default:
 		}
 	}
-	cmd.Process.Kill()
+	proc.cmd.Process.Kill()
 	<-proc.exited
 	return nil, fmt.Errorf("the server did not listen within 10s (log: %s)", path)
+}
+
+// startProcessLogged starts binary with env and args, its output appended to the phase's
+// log file after a line that names the run and the phase.
+func startProcessLogged(p *benchPhase, binary string, env []string, args ...string) (*benchProcess, error) {
+	path := filepath.Join(p.results.dir, p.server.file+".log")
+	log, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	offset, _ := log.Seek(0, io.SeekEnd)
+	fmt.Fprintf(log, "--- run %d, %s\n", p.run+1, p.name)
+	cmd := exec.Command(binary, args...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("start the server process: %w", err)
+	}
+	proc := &benchProcess{cmd: cmd, log: log, exited: make(chan struct{}), offset: offset}
+	go func() {
+		cmd.Wait()
+		log.Close()
+		close(proc.exited)
+	}()
+	return proc, nil
 }
 
 // stop sends SIGTERM and waits until the process exits; past within, it notes the
@@ -900,6 +544,10 @@ func sampleProcess(proc *benchProcess) (procSample, error) {
 	if err != nil {
 		return procSample{}, err
 	}
+	if !proc.expvar {
+		clients, err := proc.clients()
+		return procSample{rssKB: float64(rss), clients: clients}, err
+	}
 	base := "http://" + proc.addr
 	if proc.admin != "" {
 		base = "http://" + proc.admin
@@ -924,7 +572,7 @@ func sampleProcess(proc *benchProcess) (procSample, error) {
 	}
 	s := procSample{rssKB: float64(rss), heapKB: vars.Memstats.HeapInuse / 1024, stackKB: vars.Memstats.StackInuse / 1024,
 		goroutines: vars.Goroutines, clients: vars.Clients, tooSlow: vars.TooSlow}
-	if proc.admin != "" {
+	if proc.metrics {
 		samples, err := tryScrape(base)
 		if err != nil {
 			return procSample{}, fmt.Errorf("read the server's metrics: %w", err)

@@ -558,7 +558,7 @@ func TestHub_ThousandSubscribersCutAtRandomLoseNothing(t *testing.T) {
 }
 
 // firstDifference returns the first index where a and b differ, or the shorter length.
-func firstDifference(a, b []string) int {
+func firstDifference[T comparable](a, b []T) int {
 	for i := range min(len(a), len(b)) {
 		if a[i] != b[i] {
 			return i
