@@ -71,4 +71,4 @@ PEERS ?= $(HOME)/.cache/sse-dashboard-peers
 CENTRIFUGO ?= $(PEERS)/centrifugo-v6.9.1/centrifugo
 bench-peers: ## the fan-out workloads against this service and Centrifugo v6.9.1, one table (the first run builds Centrifugo: minutes)
 	@test -x $(CENTRIFUGO) || { echo "building Centrifugo v6.9.1 into $(dir $(CENTRIFUGO))"; GOBIN=$(dir $(CENTRIFUGO)) $(GO) install github.com/centrifugal/centrifugo/v6@v6.9.1; }
-	CENTRIFUGO=$(CENTRIFUGO) $(GO) test -count=1 -timeout 20m -run '^$$' -bench '^BenchmarkPeers$$' -benchtime 1x .
+	CENTRIFUGO=$(CENTRIFUGO) $(GO) test -count=1 -timeout 20m -ldflags='-s=false -w=false' -run '^$$' -bench '^BenchmarkPeers$$' -benchtime 1x .

@@ -242,7 +242,13 @@ func measureFanout(p *benchPhase) {
 		p.fallShort(err)
 		return
 	}
-	baseKinds, _ := goroutineStacks(proc.cmd.Process.Pid)
+	// The stacks by kind are read with the layout of this binary's runtime: only from a
+	// server that runs it.
+	ownBinary := p.server.peer == nil && p.server.binary == ""
+	var baseKinds []goroutineKind
+	if ownBinary {
+		baseKinds, _ = goroutineStacks(proc.cmd.Process.Pid)
+	}
 
 	start := time.Now()
 	if err := dialAll(fanoutSubscribers, clients.dial); err != nil {
@@ -288,7 +294,9 @@ func measureFanout(p *benchPhase) {
 		p.record("stack", (now.stackKB-base.stackKB)/n)
 		p.record("gor", float64(now.goroutines-base.goroutines)/n)
 		p.record("slow", float64(now.tooSlow))
-		p.recordKinds(proc, baseKinds, fanoutSubscribers)
+		if ownBinary {
+			p.recordKinds(proc, baseKinds, fanoutSubscribers)
+		}
 		if err := proc.writeProfiles(p); err != nil {
 			p.fallShort(fmt.Errorf("profiles: %w", err))
 		}
@@ -529,18 +537,19 @@ func (l *publishedList) reference() (ordered []uint32, all map[uint32]bool) {
 
 // recordExact records, under key, how many subscribers received exactly the published list:
 // every event published, once each, and those whose answers said their place in the
-// server's order in that order; where no answer says (Centrifugo's), in the order they were
-// published, 100 ms apart. The first subscriber that did not is described in a note.
+// server's order in that order. Where no answer says (Centrifugo's), every subscriber must
+// have the first subscriber's order: publishes sent concurrently may be stored in another
+// order than they were sent. The first subscriber that did not is described in a note.
 func (p *benchPhase) recordExact(clients *fanoutClients, published *publishedList, key string) {
 	ordered, all := published.reference()
-	if len(ordered) == 0 { // no answer said a place: by number
-		for n := range all {
-			ordered = append(ordered, n)
-		}
-		slices.Sort(ordered)
-	}
 	clients.mu.Lock()
 	defer clients.mu.Unlock()
+	if len(ordered) == 0 && len(clients.subscribers) > 0 {
+		first := clients.subscribers[0]
+		first.mu.Lock()
+		ordered = slices.Clone(first.received)
+		first.mu.Unlock()
+	}
 	exact := 0
 	for i, sub := range clients.subscribers {
 		sub.mu.Lock()

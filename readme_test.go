@@ -139,7 +139,7 @@ func makeTargets(t *testing.T) []string {
 		t.Fatal(err)
 	}
 	var targets []string
-	for _, m := range regexp.MustCompile(`(?m)^([a-z]+):`).FindAllSubmatch(makefile, -1) {
+	for _, m := range regexp.MustCompile(`(?m)^([a-z-]+):`).FindAllSubmatch(makefile, -1) {
 		targets = append(targets, string(m[1]))
 	}
 	return targets
