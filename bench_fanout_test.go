@@ -109,8 +109,8 @@ func BenchmarkFanout(b *testing.B) {
 	}
 }
 
-// startFanoutBench checks that this process may open the subscribers' sockets, and makes
-// the directory of the servers' logs and the results they are recorded in.
+// startFanoutBench checks that this process may open the subscribers' sockets, and returns
+// the results the servers' figures are recorded in.
 func startFanoutBench(b *testing.B, servers []benchServer) *benchResults {
 	if b.N > 1 {
 		b.Skip("run with -benchtime 1x: one pass already takes minutes")
@@ -121,18 +121,7 @@ func startFanoutBench(b *testing.B, servers []benchServer) *benchResults {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &files); err != nil || files.Cur < fanoutSubscribers+500 {
 		b.Fatalf("open-file limit %d (%v): %d subscribers need %d (ulimit -n)", files.Cur, err, fanoutSubscribers, fanoutSubscribers+500)
 	}
-	dir, err := filepath.Abs(benchLogDir)
-	if err == nil {
-		err = os.MkdirAll(dir, 0o755)
-	}
-	if err != nil {
-		b.Fatalf("create the directory for the servers' logs: %v", err)
-	}
-	for _, s := range servers {
-		os.Remove(filepath.Join(dir, s.file+".log"))
-	}
-	fmt.Printf("server logs and profiles: %s/\n", dir)
-	return &benchResults{dir: dir, figures: map[string]map[string][]benchFigure{}}
+	return newBenchResults(b, servers)
 }
 
 // printFanout prints the table of a fan-out benchmark and reports its figures as metrics.
@@ -737,23 +726,22 @@ func peerServers() []benchServer {
 	}
 }
 
-// peerMetrics are BenchmarkPeers' rows: what both servers can be measured by.
-var peerMetrics = []benchMetric{
-	{"made@1", "delivered-%@1", "1 publish/s: deliveries made (%)", ""},
-	{"p50@1", "p50-ms@1", "1 publish/s: latency p50 (ms)", ""},
-	{"p99@1", "p99-ms@1", "1 publish/s: latency p99 (ms)", ""},
-	{"cpu@1", "cpu-us/delivery@1", "1 publish/s: server CPU per delivery (µs)", ""},
-	{"made", "delivered-%", "10 publishes/s: deliveries made, 10 s after the last (%)", ""},
-	{"dps", "deliveries/s", "10 publishes/s: delivered/s in the 60 s of publishing", ""},
-	{"lastdps", "deliveries/s-last", "10 publishes/s: delivered/s in the last second", ""},
-	{"p50", "p50-ms", "10 publishes/s: latency p50 (ms)", ""},
-	{"p99", "p99-ms", "10 publishes/s: latency p99 (ms)", ""},
-	{"cpu", "cpu-us/delivery", "10 publishes/s: server CPU per delivery (µs)", ""},
-	{"cores", "server-cores", "10 publishes/s: server CPU (cores)", ""},
-	{"exact", "exact-lists", "subscribers whose list is the published list", ""},
-	{"rssidle", "rss-KB/subscriber-idle", "RSS per subscriber, subscribed, before publishing (KB)", ""},
-	{"rss", "rss-KB/subscriber", "RSS per subscriber, after publishing (KB)", ""},
-	{"subscribe", "subscribe10k-ms", "time to subscribe 10k (ms)", ""},
+// peerMetrics are BenchmarkPeers' rows: what both servers can be measured by, without
+// this service's targets.
+var peerMetrics = metricsWithoutTargets(fanoutMetrics, "made@1", "p50@1", "p99@1", "cpu@1", "made", "dps", "lastdps",
+	"p50", "p99", "cpu", "cores", "exact", "rssidle", "rss", "subscribe")
+
+// metricsWithoutTargets returns the rows of metrics with keys, in that order, their targets
+// left out.
+func metricsWithoutTargets(metrics []benchMetric, keys ...string) []benchMetric {
+	var rows []benchMetric
+	for _, key := range keys {
+		i := slices.IndexFunc(metrics, func(m benchMetric) bool { return m.key == key })
+		m := metrics[i]
+		m.target = ""
+		rows = append(rows, m)
+	}
+	return rows
 }
 
 // BenchmarkPeers runs BenchmarkFanout's workloads against this service and Centrifugo (the

@@ -117,18 +117,7 @@ func BenchmarkStreams(b *testing.B) {
 	if b.N > 1 {
 		b.Skip("run with -benchtime 1x: one pass already takes minutes")
 	}
-	dir, err := filepath.Abs(benchLogDir)
-	if err == nil {
-		err = os.MkdirAll(dir, 0o755)
-	}
-	if err != nil {
-		b.Fatalf("create the directory for the servers' logs: %v", err)
-	}
-	for _, s := range benchServers {
-		os.Remove(filepath.Join(dir, s.file+".log"))
-	}
-	fmt.Printf("server logs and profiles: %s/\n", dir)
-	results := &benchResults{dir: dir, figures: map[string]map[string][]benchFigure{}}
+	results := newBenchResults(b, benchServers)
 	for run := range benchRuns {
 		for _, s := range benchServers {
 			var hold time.Duration
@@ -153,6 +142,23 @@ func BenchmarkStreams(b *testing.B) {
 	if results.lost > 0 {
 		b.Errorf("%d gaps in the streams' ids: events were lost (see the notes above the table)", results.lost)
 	}
+}
+
+// newBenchResults makes the directory of the servers' logs and profiles, empties the logs
+// of servers, says where they are, and returns the results they will be recorded in.
+func newBenchResults(b *testing.B, servers []benchServer) *benchResults {
+	dir, err := filepath.Abs(benchLogDir)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	if err != nil {
+		b.Fatalf("create the directory for the servers' logs: %v", err)
+	}
+	for _, s := range servers {
+		os.Remove(filepath.Join(dir, s.file+".log"))
+	}
+	fmt.Printf("server logs and profiles: %s/\n", dir)
+	return &benchResults{dir: dir, figures: map[string]map[string][]benchFigure{}}
 }
 
 // benchMetric is one row of a benchmark's table: the key its figures are recorded under,
