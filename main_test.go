@@ -125,9 +125,14 @@ func startProcessWith(t testing.TB, opts processOptions, args ...string) *server
 			t.Logf("server process log:\n%s", logs.String())
 		}
 	})
-	p.url, p.adminURL = waitListening(t, logs, 10*time.Second)
+	p.url, p.adminURL = waitListening(t, logs, processStartBound)
 	return p
 }
+
+// processStartBound bounds how long a server process may take to listen: a replica on a
+// NATS cluster may wait for the cluster's leaders at start, up to streamSetupTimeout for its
+// stream and as long again for the ids of its history.
+const processStartBound = 2*streamSetupTimeout + 5*time.Second
 
 // signal sends sig and waits for the process to exit, failing the test if that takes
 // longer than within; it returns how long it took.

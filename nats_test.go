@@ -704,6 +704,11 @@ func TestNATS_RollingRestartBehindNginxAndALostNodeLoseNothing(t *testing.T) {
 		defer close(published)
 		p.run(t, 4, 50, []string{"a", "b", "c"}, func(i int) bool { return i < 100 || !restarted.Load() })
 	}()
+	// A test that fails early stops the publisher before it ends, and waits for it.
+	t.Cleanup(func() {
+		restarted.Store(true)
+		<-published
+	})
 	time.Sleep(time.Second) // publishes before the first stop, too
 	var lost *natsNode
 	for i, r := range replicas {
