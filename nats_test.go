@@ -63,9 +63,10 @@ func (n *natsNode) start(t *testing.T) {
 		t.Fatalf("NATS server %s: %v", n.opts.ServerName, err)
 	}
 	srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
+	// Generous: a clustered node starting on a loaded machine has taken over 10 s.
+	if !srv.ReadyForConnections(30 * time.Second) {
 		srv.Shutdown()
-		t.Fatalf("NATS server %s not ready within 10s", n.opts.ServerName)
+		t.Fatalf("NATS server %s not ready within 30s", n.opts.ServerName)
 	}
 	n.srv = srv
 	t.Cleanup(n.stop)
