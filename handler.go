@@ -457,7 +457,7 @@ func (h *sseHandler) takeOver(s *stream, r *http.Request) (*takenConn, error) {
 	} else if err != nil {
 		return nil, err
 	}
-	s.w, s.rc = taken, http.NewResponseController(taken)
+	s.w, s.rc, s.direct = taken, http.NewResponseController(taken), true
 	return taken, nil
 }
 

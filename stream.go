@@ -62,6 +62,7 @@ type stream struct {
 	keepalive *time.Timer
 	lastWrite time.Time
 	deadline  time.Time   // the write deadline last set
+	direct    bool        // w writes straight to the connection, taken over: nothing to flush after a write
 	buf       []byte      // frames waiting for the next write
 	json      []byte      // scratch for one event's data
 	pending   int         // events in buf
@@ -377,15 +378,24 @@ func (s *stream) write(p []byte) error {
 	if _, err := s.w.Write(p); err != nil {
 		return err
 	}
+	var err error
+	if !s.direct {
+		err = s.flushThroughServer()
+	}
+	s.m.writeTime.Observe(time.Since(s.lastWrite).Seconds())
+	return err
+}
+
+// flushThroughServer flushes a write made through the server's writer. Under the adaptor a
+// write returns once fasthttp's worker has taken the bytes, before it writes them to the
+// connection; an empty write returns only when the worker is done with them, with an error
+// if the client is gone, so a vanished client shows on this write rather than on the next.
+// Elsewhere an empty write does nothing.
+func (s *stream) flushThroughServer() error {
 	if err := s.rc.Flush(); err != nil {
 		return err
 	}
-	// Under the adaptor a write returns once fasthttp's worker has taken the bytes, before
-	// it writes them to the connection. An empty write returns only when the worker is
-	// done with them, with an error if the client is gone, so a vanished client shows on
-	// this write rather than on the next. Elsewhere an empty write does nothing.
 	_, err := s.w.Write(nil)
-	s.m.writeTime.Observe(time.Since(s.lastWrite).Seconds())
 	return err
 }
 
